@@ -1,0 +1,71 @@
+# The two commands: `make run` (everything, foreground) and `make test` (the whole suite against the
+# real stack). Both set up what is missing: Python deps (uv), Maven downloads, the native stack.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+PYTEST := $(UV) run --frozen --no-sync pytest
+STACK := deploy/local/stack.sh
+# `make test` exports the stack's addresses (written by `make up`) to the tests.
+STACK_ENV = set -a; . .state/stack.env; set +a
+
+.PHONY: help install up down status clean run test test-unit test-integration test-e2e lint fmt schemas author
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
+
+.venv/.synced: $(UV) uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+install: .venv/.synced ## install Python deps into .venv (uv, one lockfile)
+
+up: install ## start Kafka, PostgreSQL, Elasticsearch (idempotent; waits until each answers)
+	$(STACK) up
+
+down: ## stop exactly what `make up` started
+	$(STACK) down
+
+status: ## show which stack processes run
+	$(STACK) status
+
+clean: down ## stop the stack and wipe its state (data, logs, downloads copied from Maven)
+	$(STACK) clean
+	rm -rf test-artifacts
+
+run: up ## run the whole system in the foreground (Ctrl-C stops the services)
+	$(STACK_ENV); scripts/run-services.sh
+
+test: up ## the whole suite (unit, integration, e2e) against the real stack
+	$(STACK_ENV); $(PYTEST)
+
+test-unit: install ## fast tests that need no server
+	$(PYTEST) -m "not integration and not e2e"
+
+test-integration: up ## tests against the real Kafka / PostgreSQL / Elasticsearch
+	$(STACK_ENV); $(PYTEST) -m integration
+
+test-e2e: up ## the services as processes, through HTTP, against the real stack
+	$(STACK_ENV); $(PYTEST) -m e2e
+
+lint: install ## ruff + mypy strict + schema drift check
+	$(UV) run --frozen --no-sync ruff check .
+	$(UV) run --frozen --no-sync ruff format --check .
+	$(UV) run --frozen --no-sync mypy libs services tests
+	$(UV) run --frozen --no-sync python -m blog_events.schemas --check
+
+fmt: install ## format and autofix
+	$(UV) run --frozen --no-sync ruff format .
+	$(UV) run --frozen --no-sync ruff check --fix .
+
+schemas: install ## regenerate the committed JSON Schemas of the events
+	$(UV) run --frozen --no-sync python -m blog_events.schemas
+
+author: up ## create an author and print its API token: make author NAME=alice
+	$(STACK_ENV); scripts/create-author.sh "$(NAME)"

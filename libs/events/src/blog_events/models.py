@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 TOPIC = "blog-events"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 # Bounds shared with the publisher's request validation: an event that passes the publisher
 # must always parse in every consumer.

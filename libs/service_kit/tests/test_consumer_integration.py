@@ -1,0 +1,358 @@
+"""The batch consumer against a real Kafka broker: commit after effect, retries, DLQ, groups."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
+from blog_events import BlogPublished, encode_event, new_envelope
+from blog_testkit import Stack, wait_until
+from prometheus_client import CollectorRegistry
+from service_kit.consumer import BatchConsumer, ConsumedEvent, ConsumerConfig, ConsumerMetrics
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 6
+
+
+def published_event(blog_id: uuid.UUID | None = None) -> tuple[bytes, bytes]:
+    """(key, value) of a valid BlogPublished event."""
+    payload = BlogPublished(
+        blog_id=blog_id or uuid.uuid4(),
+        author_id=uuid.uuid4(),
+        version=1,
+        title="A title",
+        body="A body",
+        published_at=datetime.now(UTC),
+    )
+    envelope = new_envelope(payload)
+    return envelope.key.encode(), encode_event(envelope)
+
+
+@pytest.fixture
+async def producer(stack: Stack) -> AsyncIterator[AIOKafkaProducer]:
+    # A plain producer: it can write anything, including bytes no consumer can parse.
+    kafka_producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    await kafka_producer.start()
+    yield kafka_producer
+    await kafka_producer.stop()
+
+
+@pytest.fixture
+async def admin(stack: Stack) -> AsyncIterator[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await client.start()
+    yield client
+    await client.close()
+
+
+def config_for(stack: Stack, topic: str, **overrides: object) -> ConsumerConfig:
+    values: dict[str, object] = {
+        "bootstrap_servers": stack.kafka_bootstrap,
+        "topic": topic,
+        "group_id": f"{topic}-group",
+        "dlq_topic": f"{topic}.dlq",
+        "retry_initial_s": 0.05,
+        "retry_max_s": 0.2,
+    }
+    values.update(overrides)
+    return ConsumerConfig(**values)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(consumer: BatchConsumer) -> AsyncIterator[asyncio.Task[None]]:
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield task
+    finally:
+        await asyncio.wait_for(consumer.stop(), 30)
+        await asyncio.wait_for(task, 30)
+
+
+async def committed(admin: AIOKafkaAdminClient, group: str) -> dict[int, int]:
+    offsets = await admin.list_consumer_group_offsets(group)
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+async def test_batch_is_handled_then_committed(
+    stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
+) -> None:
+    config = config_for(stack, topic)
+    handled: list[ConsumedEvent] = []
+    committed_when_handled: list[dict[int, int]] = []
+
+    async def handler(events: Sequence[ConsumedEvent]) -> None:
+        committed_when_handled.append(await committed(admin, config.group_id))
+        handled.extend(events)
+
+    sent = [published_event() for _ in range(3)]
+    for key, value in sent:
+        await producer.send_and_wait(topic, value=value, key=key, partition=2)
+
+    consumer = BatchConsumer(config, handler, ConsumerMetrics(CollectorRegistry()))
+    assert not consumer.healthy
+    async with running(consumer):
+        await wait_until(
+            lambda: asyncio.sleep(0, len(handled) == 3), timeout=30, what="3 events handled"
+        )
+        assert consumer.healthy
+        await wait_until(
+            lambda: _equals(committed(admin, config.group_id), {2: 3}),
+            timeout=30,
+            what="offset 3 committed on partition 2",
+        )
+    assert not consumer.healthy
+    # Nothing was committed before the handler had run.
+    assert committed_when_handled[0] == {}
+    assert [e.offset for e in handled] == [0, 1, 2]
+    assert [e.partition for e in handled] == [2, 2, 2]
+    assert [e.envelope.key.encode() for e in handled] == [key for key, _ in sent]
+
+
+async def test_failing_handler_gets_the_batch_again_and_only_then_commits(
+    stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
+) -> None:
+    config = config_for(stack, topic, retry_initial_s=0.05)
+    calls: list[list[int]] = []
+    health_seen: list[bool] = []
+    committed_seen: list[dict[int, int]] = []
+    consumer: BatchConsumer
+
+    async def handler(events: Sequence[ConsumedEvent]) -> None:
+        calls.append([e.offset for e in events])
+        health_seen.append(consumer.healthy)
+        committed_seen.append(await committed(admin, config.group_id))
+        if len(calls) <= 2:
+            raise RuntimeError("database is down")
+
+    for _ in range(4):
+        key, value = published_event()
+        await producer.send_and_wait(topic, value=value, key=key, partition=0)
+
+    registry = CollectorRegistry()
+    consumer = BatchConsumer(config, handler, ConsumerMetrics(registry))
+    async with running(consumer):
+        await wait_until(
+            lambda: _equals(committed(admin, config.group_id), {0: 4}),
+            timeout=30,
+            what="offset 4 committed after the retries",
+        )
+        assert consumer.healthy
+    assert calls == [[0, 1, 2, 3]] * 3
+    assert health_seen == [True, False, False]
+    assert committed_seen == [{}, {}, {}]
+    failed = registry.get_sample_value(
+        "blog_consumer_events_failed_total", {"group": config.group_id}
+    )
+    processed = registry.get_sample_value(
+        "blog_consumer_events_processed_total", {"group": config.group_id}
+    )
+    assert (failed, processed) == (8.0, 4.0)
+
+
+async def test_stop_interrupts_the_backoff_and_commits_nothing(
+    stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
+) -> None:
+    config = config_for(stack, topic, retry_initial_s=60.0, retry_max_s=60.0)
+    calls = 0
+
+    async def handler(events: Sequence[ConsumedEvent]) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("always failing")
+
+    key, value = published_event()
+    await producer.send_and_wait(topic, value=value, key=key)
+    consumer = BatchConsumer(config, handler, ConsumerMetrics(CollectorRegistry()))
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    await wait_until(lambda: asyncio.sleep(0, calls >= 1), timeout=30, what="first failure")
+    # A jittered 0..60 s backoff is running; stop() must cut it short.
+    await asyncio.wait_for(consumer.stop(), 5)
+    await asyncio.wait_for(task, 5)
+    assert await committed(admin, config.group_id) == {}
+
+
+async def test_malformed_record_goes_to_dlq_and_good_ones_around_it_are_handled(
+    stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
+) -> None:
+    config = config_for(stack, topic)
+    handled: list[ConsumedEvent] = []
+
+    async def handler(events: Sequence[ConsumedEvent]) -> None:
+        handled.extend(events)
+
+    good_before, good_after = published_event(), published_event()
+    await producer.send_and_wait(topic, value=good_before[1], key=good_before[0], partition=0)
+    await producer.send_and_wait(
+        topic,
+        value=b'{"not": "an event"}',
+        key=b"bad-key",
+        partition=0,
+        headers=[("trace-id", b"t-1")],
+    )
+    await producer.send_and_wait(topic, value=good_after[1], key=good_after[0], partition=0)
+    # A partition with nothing decodable must be committed too, or it would be re-read forever.
+    await producer.send_and_wait(topic, value=b"\xff\x00 garbage", key=None, partition=5)
+
+    registry = CollectorRegistry()
+    consumer = BatchConsumer(config, handler, ConsumerMetrics(registry))
+    async with running(consumer):
+        await wait_until(
+            lambda: _equals(committed(admin, config.group_id), {0: 3, 5: 1}),
+            timeout=30,
+            what="partitions 0 and 5 committed",
+        )
+    assert [(e.partition, e.offset) for e in handled] == [(0, 0), (0, 2)]
+
+    dead = await read_all(stack, config.dlq_topic, expected=2)
+    by_source = {(r.headers_dict["dlq-source-partition"], r.record.value): r for r in dead}
+    bad = by_source[(b"0", b'{"not": "an event"}')]
+    assert bad.record.key == b"bad-key"
+    assert bad.headers_dict["dlq-source-topic"] == topic.encode()
+    assert bad.headers_dict["dlq-source-offset"] == b"1"
+    assert bad.headers_dict["dlq-group"] == config.group_id.encode()
+    assert bad.headers_dict["trace-id"] == b"t-1"
+    assert b"event_id" in bad.headers_dict["dlq-reason"]
+    assert bad.headers_dict["dlq-failed-at"].startswith(b"20")
+    garbage = by_source[(b"5", b"\xff\x00 garbage")]
+    assert garbage.headers_dict["dlq-reason"]
+    assert garbage.record.key is None
+    assert (
+        registry.get_sample_value(
+            "blog_consumer_events_dead_lettered_total", {"group": config.group_id}
+        )
+        == 2.0
+    )
+
+
+async def test_two_consumers_in_one_group_share_the_six_partitions(
+    stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
+) -> None:
+    config = config_for(stack, topic)
+    handled: dict[str, list[ConsumedEvent]] = {"a": [], "b": []}
+
+    def handler_for(member: str):  # type: ignore[no-untyped-def]
+        async def handler(events: Sequence[ConsumedEvent]) -> None:
+            handled[member].extend(events)
+
+        return handler
+
+    metrics = ConsumerMetrics(CollectorRegistry())
+    member_a = BatchConsumer(config, handler_for("a"), metrics)
+    member_b = BatchConsumer(config, handler_for("b"), metrics)
+    per_partition = 5
+    async with running(member_a), running(member_b):
+        await wait_until(
+            lambda: asyncio.sleep(
+                0,
+                len(member_a.assignment) == 3
+                and len(member_b.assignment) == 3
+                and not (member_a.assignment & member_b.assignment),
+            ),
+            timeout=60,
+            what="3 + 3 partitions assigned",
+        )
+        for partition in range(PARTITIONS):
+            for _ in range(per_partition):
+                key, value = published_event()
+                await producer.send_and_wait(topic, value=value, key=key, partition=partition)
+        expected = dict.fromkeys(range(PARTITIONS), per_partition)
+        await wait_until(
+            lambda: _equals(committed(admin, config.group_id), expected),
+            timeout=60,
+            what="all six partitions committed",
+        )
+        partitions_a = {tp.partition for tp in member_a.assignment}
+        partitions_b = {tp.partition for tp in member_b.assignment}
+
+    assert {e.partition for e in handled["a"]} == partitions_a
+    assert {e.partition for e in handled["b"]} == partitions_b
+    seen = sorted((e.partition, e.offset) for member in handled.values() for e in member)
+    assert seen == [(p, o) for p in range(PARTITIONS) for o in range(per_partition)]
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+async def _equals(value: object, expected: object) -> bool:
+    assert asyncio.iscoroutine(value)
+    return bool(await value == expected)
+
+
+class DeadLetter:
+    def __init__(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.record = record
+        self.headers_dict = dict(record.headers)
+
+
+async def read_all(stack: Stack, topic: str, expected: int) -> list[DeadLetter]:
+    """Read every partition of `topic` from the beginning until `expected` records arrived."""
+    reader = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        reader.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        await reader.seek_to_beginning()
+        records: list[DeadLetter] = []
+
+        async def got_all() -> bool:
+            batches = await reader.getmany(timeout_ms=200)
+            records.extend(DeadLetter(r) for batch in batches.values() for r in batch)
+            return len(records) >= expected
+
+        await wait_until(got_all, timeout=30, what=f"{expected} records on {topic}")
+        return records
+    finally:
+        await reader.stop()
+
+
+CRASHING_CONSUMER = """
+import asyncio, sys
+from service_kit.consumer import BatchConsumer, ConsumerConfig
+
+async def handler(events):
+    print(f"effect {len(events)}", flush=True)
+
+async def main():
+    bootstrap, topic = sys.argv[1], sys.argv[2]
+    config = ConsumerConfig(bootstrap, topic, f"{topic}-group", f"{topic}.dlq",
+                            crash_after_effect_batches=1)
+    await BatchConsumer(config, handler).run()
+
+asyncio.run(main())
+"""
+
+
+async def test_crash_after_effect_exits_137_before_the_commit(
+    stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
+) -> None:
+    for _ in range(2):
+        key, value = published_event()
+        await producer.send_and_wait(topic, value=value, key=key, partition=1)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CRASHING_CONSUMER,
+        stack.kafka_bootstrap,
+        topic,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 137, output.decode()
+    assert b"effect 2" in output
+    assert await committed(admin, f"{topic}-group") == {}

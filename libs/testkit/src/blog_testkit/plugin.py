@@ -1,0 +1,125 @@
+"""The pytest plugin (entry point `pytest11: blog_testkit`): stack fixtures with per-test
+isolation. Every fixture that needs the stack requests `stack`, so unit tests need nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from aiokafka.admin import AIOKafkaAdminClient
+from elasticsearch import AsyncElasticsearch
+from service_kit.kafka_admin import ensure_topics
+
+from blog_testkit import processes
+from blog_testkit.processes import ServiceProcess, free_port
+from blog_testkit.stack import Stack, StackUnavailable, resolve_stack
+
+TEST_TOPIC_PARTITIONS = 6
+
+ServiceProcessFactory = Callable[..., ServiceProcess]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    processes.artifacts_dir = config.rootpath / "test-artifacts"
+
+
+def unique_name(prefix: str) -> str:
+    """Lowercase, unique, valid as a Kafka topic, PostgreSQL identifier and ES index name."""
+    return f"{prefix}{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture(scope="session")
+def stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
+    with contextlib.ExitStack() as exit_stack:
+        try:
+            resolved = exit_stack.enter_context(resolve_stack(pytestconfig.rootpath, os.environ))
+        except StackUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield resolved
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server and credentials, another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+@pytest_asyncio.fixture
+async def database_url(stack: Stack) -> AsyncIterator[str]:
+    """A fresh, empty database, dropped after the test (connections still open are cut)."""
+    name = unique_name("test_")
+    # Identifiers cannot be bind parameters; `name` is generated here ([a-z0-9_] only).
+    admin = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield with_database(stack.postgres_dsn, name)
+    admin = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def topic(stack: Stack) -> AsyncIterator[str]:
+    """A fresh topic with 6 partitions plus its `<topic>.dlq`, deleted after the test.
+    Derive consumer group ids from it so tests never share groups either."""
+    name = unique_name("test-")
+    dlq = f"{name}.dlq"
+    await ensure_topics(
+        stack.kafka_bootstrap, {name: TEST_TOPIC_PARTITIONS, dlq: TEST_TOPIC_PARTITIONS}
+    )
+    yield name
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        with contextlib.suppress(Exception):  # cleanup only: a leftover topic harms no test
+            await admin.delete_topics([name, dlq])
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def es_prefix(stack: Stack) -> AsyncIterator[str]:
+    """A fresh lowercase prefix; every index `<prefix>*` is deleted after the test."""
+    prefix = unique_name("test-")
+    yield prefix
+    client = AsyncElasticsearch(stack.es_url)
+    try:
+        # Wildcard deletes are refused by default (action.destructive_requires_name), so
+        # resolve the names first.
+        found = await client.indices.get(
+            index=f"{prefix}*", expand_wildcards="all", allow_no_indices=True
+        )
+        if found:
+            await client.indices.delete(index=",".join(found), ignore_unavailable=True)
+    finally:
+        await client.close()
+
+
+@pytest_asyncio.fixture
+async def service_processes() -> AsyncIterator[ServiceProcessFactory]:
+    """`service_processes(name, module, env, port=None)` -> a not yet started ServiceProcess
+    (port None: a free one). Every process still running at teardown is killed."""
+    created: list[ServiceProcess] = []
+
+    def factory(
+        name: str, module: str, env: Mapping[str, str], port: int | None = None
+    ) -> ServiceProcess:
+        process = ServiceProcess(name, module, env, free_port() if port is None else port)
+        created.append(process)
+        return process
+
+    yield factory
+    for process in created:
+        if process.running:
+            process.kill()
+            await process.wait_exit(10)

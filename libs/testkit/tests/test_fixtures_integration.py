@@ -1,0 +1,99 @@
+"""The isolation fixtures against the real stack: fresh resources, cleaned up afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from blog_testkit import Stack, wait_until
+from elasticsearch import AsyncElasticsearch
+
+pytestmark = pytest.mark.integration
+
+# Names seen by the first test of each pair, checked for cleanup by the second one.
+_seen: dict[str, str] = {}
+
+
+@pytest.fixture
+async def es(stack: Stack) -> AsyncIterator[AsyncElasticsearch]:
+    client = AsyncElasticsearch(stack.es_url)
+    yield client
+    await client.close()
+
+
+async def test_database_url_is_a_fresh_empty_database(stack: Stack, database_url: str) -> None:
+    assert database_url != stack.postgres_dsn
+    connection = await asyncpg.connect(database_url)
+    try:
+        name = await connection.fetchval("SELECT current_database()")
+        user_tables = await connection.fetchval(
+            "SELECT count(*) FROM information_schema.tables"
+            " WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+        )
+        await connection.execute("CREATE TABLE leftover (id int)")
+    finally:
+        await connection.close()
+    assert name.startswith("test_")
+    assert user_tables == 0
+    _seen["database"] = name
+
+
+async def test_database_is_dropped_afterwards(stack: Stack) -> None:
+    if "database" not in _seen:
+        pytest.skip("runs after test_database_url_is_a_fresh_empty_database")
+    connection = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        exists = await connection.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", _seen["database"]
+        )
+    finally:
+        await connection.close()
+    assert not exists
+
+
+async def test_topic_has_six_partitions_and_a_dlq(stack: Stack, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = {t["topic"]: t for t in await admin.describe_topics([topic, f"{topic}.dlq"])}
+    finally:
+        await admin.close()
+    assert len(described[topic]["partitions"]) == 6
+    assert len(described[f"{topic}.dlq"]["partitions"]) == 6
+    assert described[topic]["error_code"] == 0
+    _seen["topic"] = topic
+
+
+async def test_topic_is_deleted_afterwards(stack: Stack) -> None:
+    if "topic" not in _seen:
+        pytest.skip("runs after test_topic_has_six_partitions_and_a_dlq")
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+
+    async def both_gone() -> bool:
+        # Deletion is asynchronous on the broker: metadata catches up shortly after.
+        topics = set(await admin.list_topics())
+        return not topics & {_seen["topic"], f"{_seen['topic']}.dlq"}
+
+    try:
+        await wait_until(both_gone, timeout=30, what=f"{_seen['topic']} (+ .dlq) deleted")
+    finally:
+        await admin.close()
+
+
+async def test_es_prefix_is_fresh(es: AsyncElasticsearch, es_prefix: str) -> None:
+    assert es_prefix == es_prefix.lower()
+    existing = await es.indices.get(index=f"{es_prefix}*", allow_no_indices=True)
+    assert dict(existing) == {}
+    await es.indices.create(index=f"{es_prefix}-blogs-v1", aliases={f"{es_prefix}-blogs": {}})
+    await es.indices.create(index=f"{es_prefix}-other")
+    _seen["es_prefix"] = es_prefix
+
+
+async def test_es_indices_are_deleted_afterwards(es: AsyncElasticsearch) -> None:
+    if "es_prefix" not in _seen:
+        pytest.skip("runs after test_es_prefix_is_fresh")
+    left = await es.indices.get(index=f"{_seen['es_prefix']}*", allow_no_indices=True)
+    assert dict(left) == {}

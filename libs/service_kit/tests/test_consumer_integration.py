@@ -13,9 +13,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import CollectorRegistry
+
 from blog_events import BlogPublished, encode_event, new_envelope
 from blog_testkit import Stack, wait_until
-from prometheus_client import CollectorRegistry
 from service_kit.consumer import BatchConsumer, ConsumedEvent, ConsumerConfig, ConsumerMetrics
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,11 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from prometheus_client import CollectorRegistry, generate_latest
+
+from service_kit.backoff import Backoff, backoff_delay
 from service_kit.consumer import (
     DLQ_REASON_MAX_BYTES,
     ConsumerMetrics,
-    backoff_delay,
     commit_offsets,
     dlq_headers,
     truncate_utf8,
@@ -125,3 +126,14 @@ def test_metrics_are_registered_once_per_registry_with_the_documented_names() ->
     assert 'blog_consumer_events_dead_lettered_total{group="indexer"} 2.0' in text
     assert 'blog_consumer_batch_size_count{group="counter"} 1.0' in text
     assert 'blog_consumer_batch_duration_seconds_count{group="counter"} 1.0' in text
+
+
+def test_backoff_counts_consecutive_failures_and_resets() -> None:
+    backoff = Backoff(initial_s=0.1, max_s=2.0)
+    delays = [backoff.next_delay() for _ in range(12)]
+    assert backoff.failures == 12
+    assert all(0.0 <= d <= 2.0 for d in delays)
+    assert delays[0] <= 0.1
+    backoff.reset()
+    assert backoff.failures == 0
+    assert backoff.next_delay() <= 0.1

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from service_kit.migrations import apply_migrations
 
 pytestmark = pytest.mark.integration

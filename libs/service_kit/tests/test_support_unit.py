@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from service_kit.logs import configure_logging
 from service_kit.migrations import advisory_lock_key, migration_files
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,8 +25,10 @@ from typing import Any, ClassVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
-from blog_events import Envelope, EventDecodeError, decode_event
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+from blog_events import Envelope, EventDecodeError, decode_event
+from service_kit.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -123,23 +124,6 @@ class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         # Everything happens in __new__ (see the class doc).
         pass
-
-
-def backoff_delay(
-    attempt: int,
-    initial_s: float,
-    max_s: float,
-    rand: Callable[[], float] = random.random,
-) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(max_s, initial_s * 2**(attempt-1))].
-
-    `attempt` counts failures so far (1 after the first). Jitter spreads the retries of many
-    instances that failed together (e.g. the database came back)."""
-    if attempt < 1:
-        raise ValueError("attempt starts at 1")
-    # Cap the exponent so a long outage cannot overflow the float.
-    ceiling = min(max_s, initial_s * 2.0 ** min(attempt - 1, 62))
-    return ceiling * rand()
 
 
 def truncate_utf8(text: str, max_bytes: int) -> bytes:

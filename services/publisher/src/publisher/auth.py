@@ -1,0 +1,69 @@
+"""API tokens: the author identity comes only from the bearer token, never from the request."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A plain connection or one borrowed from a pool: both run the same queries.
+DbConnection = asyncpg.Connection | PoolConnectionProxy
+
+TOKEN_BYTES = 32
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def hash_token(token: str) -> bytes:
+    # sha256 is enough: tokens are 32 random bytes, so there is nothing to brute-force or guess.
+    return hashlib.sha256(token.encode()).digest()
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None when absent or malformed."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token or len(token) > 200:
+        return None
+    return token
+
+
+async def author_for_token(conn: DbConnection, token: str) -> uuid.UUID | None:
+    author_id: uuid.UUID | None = await conn.fetchval(
+        "SELECT author_id FROM publisher.api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        hash_token(token),
+    )
+    return author_id
+
+
+async def create_author(conn: DbConnection, name: str) -> tuple[uuid.UUID, str]:
+    """A new author and a first token for them; the token is shown once and stored only hashed."""
+    author_id = uuid.uuid4()
+    token = new_token()
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO publisher.authors (id, name) VALUES ($1, $2)", author_id, name
+        )
+        await conn.execute(
+            "INSERT INTO publisher.api_tokens (token_hash, author_id) VALUES ($1, $2)",
+            hash_token(token),
+            author_id,
+        )
+    return author_id, token
+
+
+async def revoke_token(conn: DbConnection, token: str) -> bool:
+    """Revoke a token; False when it is unknown or already revoked."""
+    status: str = await conn.execute(
+        "UPDATE publisher.api_tokens SET revoked_at = now()"
+        " WHERE token_hash = $1 AND revoked_at IS NULL",
+        hash_token(token),
+    )
+    return status == "UPDATE 1"

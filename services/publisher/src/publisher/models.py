@@ -1,0 +1,66 @@
+"""HTTP request and response models. Request limits are the event contract's, so anything the
+publisher accepts always parses in every consumer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from blog_events.models import BODY_MAX, TAG_MAX, TAGS_MAX, TITLE_MAX
+
+Tag = Annotated[str, Field(min_length=1, max_length=TAG_MAX)]
+
+
+class BlogDraft(BaseModel):
+    """The full content of a blog (POST creates it, PUT replaces it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=TITLE_MAX)
+    body: str = Field(max_length=BODY_MAX)
+    tags: list[Tag] = Field(default_factory=list, max_length=TAGS_MAX)
+
+
+class WriteAccepted(BaseModel):
+    """A write is durable; consumers apply it eventually (follow `status_url`)."""
+
+    id: uuid.UUID
+    version: int
+    status_url: str
+
+
+class BlogOut(BaseModel):
+    id: uuid.UUID
+    author_id: uuid.UUID
+    title: str
+    body: str
+    tags: list[str]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class BlogPage(BaseModel):
+    items: list[BlogOut]
+    next_cursor: str | None
+
+
+class EventPosition(BaseModel):
+    partition: int
+    offset: int
+
+
+class GroupProgress(BaseModel):
+    processed: bool
+    committed_offset: int | None
+    error: str | None = None
+
+
+class BlogStatus(BaseModel):
+    blog_id: uuid.UUID
+    version: int
+    event: EventPosition | None
+    groups: dict[str, GroupProgress]

@@ -1,0 +1,276 @@
+"""The outbox relay: publishes outbox rows to Kafka in id order and marks them sent.
+
+Only one relay is active across replicas: the leader holds a PostgreSQL advisory lock on a
+dedicated connection, the others stand by and retry. One sender means per-key order is kept and
+no row is sent twice by design. A row can still be sent twice if the leader crashes (or loses
+its connection) after Kafka acknowledged it and before it was marked sent; consumers absorb
+that by applying an event only when its version is newer than what they hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+
+from publisher.metrics import PublisherMetrics
+from publisher.settings import PublisherSettings
+from service_kit.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "publisher_outbox"
+# Advisory locks are per database, so one key serves every deployment of the schema.
+RELAY_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"publisher.outbox-relay").digest()[:8], "big", signed=True
+)
+_ENSURE_TOPICS_TIMEOUT_S = 30.0
+
+EnsureTopics = Callable[[str, Mapping[str, int]], Awaitable[None]]
+
+
+def _default_ensure_topics() -> EnsureTopics:
+    from service_kit.kafka_admin import ensure_topics
+
+    async def ensure(bootstrap: str, topics: Mapping[str, int]) -> None:
+        await ensure_topics(bootstrap, topics)
+
+    return ensure
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        settings: PublisherSettings,
+        metrics: PublisherMetrics,
+        ensure_topics: EnsureTopics | None = None,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._ensure_topics = ensure_topics or _default_ensure_topics()
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._is_leader = False
+        self._kafka_ok: bool | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._is_leader
+
+    @property
+    def kafka_ok(self) -> bool | None:
+        """Whether the last attempt to reach Kafka worked (None before the first one)."""
+        return self._kafka_ok
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Compete for leadership and relay while leading, until stop()."""
+        backoff = Backoff(self._settings.relay_retry_initial_s, self._settings.relay_retry_max_s)
+        while not self._stopping.is_set():
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    self._settings.database_url, timeout=self._settings.db_timeout_s
+                )
+                if not await self._acquire_leadership(conn):
+                    return
+                self._set_leader(True)
+                log.info("outbox relay: leader (advisory lock %d held)", RELAY_LOCK_KEY)
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                backoff.reset()
+                await self._relay_while_leader(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = backoff.next_delay()
+                log.warning("outbox relay: database error (%s); retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+            finally:
+                if self._is_leader:
+                    log.info("outbox relay: leadership released")
+                self._set_leader(False)
+                if conn is not None:
+                    # Closing the session releases the advisory lock for a standby replica.
+                    await _close_quietly(conn)
+
+    async def _acquire_leadership(self, conn: asyncpg.Connection) -> bool:
+        """Wait until this session holds the relay lock; False if stopped first."""
+        announced = False
+        while not self._stopping.is_set():
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+                return True
+            if not announced:
+                log.info("outbox relay: standby (another replica holds the lock)")
+                announced = True
+            await self._sleep(self._settings.relay_standby_retry_s)
+        return False
+
+    async def _relay_while_leader(self, conn: asyncpg.Connection) -> None:
+        settings = self._settings
+        kafka_backoff = Backoff(settings.relay_retry_initial_s, settings.relay_retry_max_s)
+        producer: AIOKafkaProducer | None = None
+        topics_ready = False
+        try:
+            while not self._stopping.is_set():
+                if producer is None:
+                    try:
+                        if not topics_ready:
+                            await asyncio.wait_for(
+                                self._ensure_topics(
+                                    settings.kafka_bootstrap_servers,
+                                    {
+                                        settings.topic: settings.topic_partitions,
+                                        settings.dlq_topic: settings.topic_partitions,
+                                    },
+                                ),
+                                _ENSURE_TOPICS_TIMEOUT_S,
+                            )
+                            topics_ready = True
+                        producer = await self._start_producer()
+                    except Exception as exc:
+                        self._kafka_ok = False
+                        delay = kafka_backoff.next_delay()
+                        log.warning(
+                            "outbox relay: Kafka unreachable (%s); retry in %.1fs", exc, delay
+                        )
+                        # Touch the lock session so a lost database connection ends leadership.
+                        await conn.fetchval("SELECT 1")
+                        await self._sleep(delay)
+                        continue
+                # Cleared before the read: a NOTIFY arriving after it wakes the next wait.
+                self._wake.clear()
+                rows = await conn.fetch(
+                    "SELECT id, topic, key, payload FROM publisher.outbox"
+                    " WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                    settings.relay_batch,
+                )
+                if not rows:
+                    await self._wait_for_work()
+                    continue
+                started = time.perf_counter()
+                delivered, error = await _send_batch(producer, rows)
+                await _mark_sent(conn, delivered)
+                self._metrics.relay_sent.inc(len(delivered))
+                if error is None:
+                    self._kafka_ok = True
+                    kafka_backoff.reset()
+                    self._metrics.relay_batch_duration.observe(time.perf_counter() - started)
+                    continue
+                # Rows not delivered stay unsent and go out again with a fresh producer.
+                self._kafka_ok = False
+                self._metrics.relay_send_failures.inc()
+                delay = kafka_backoff.next_delay()
+                log.warning(
+                    "outbox relay: send failed (%r); %d of %d delivered; retry in %.1fs",
+                    error,
+                    len(delivered),
+                    len(rows),
+                    delay,
+                )
+                await _stop_quietly(producer)
+                producer = None
+                await self._sleep(delay)
+        finally:
+            if producer is not None:
+                await _stop_quietly(producer)
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            request_timeout_ms=self._settings.kafka_request_timeout_ms,
+            max_request_size=2 * 1024 * 1024,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await _stop_quietly(producer)
+            raise
+        self._kafka_ok = True
+        return producer
+
+    def _on_notify(self, *_args: Any) -> None:
+        self._wake.set()
+
+    async def _wait_for_work(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self._settings.relay_poll_interval_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, cut short by stop()."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _set_leader(self, leader: bool) -> None:
+        self._is_leader = leader
+        self._metrics.relay_is_leader.set(1 if leader else 0)
+
+
+async def _send_batch(
+    producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]
+) -> tuple[list[tuple[int, int, int]], BaseException | None]:
+    """Send the rows in order; returns (outbox id, partition, offset) of those Kafka acknowledged
+    and the first error, if any."""
+    futures: list[asyncio.Future[RecordMetadata]] = []
+    error: BaseException | None = None
+    for row in rows:
+        try:
+            futures.append(
+                await producer.send(
+                    row["topic"], value=bytes(row["payload"]), key=row["key"].encode()
+                )
+            )
+        except Exception as exc:
+            error = exc
+            break
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    delivered: list[tuple[int, int, int]] = []
+    for row, result in zip(rows, results, strict=False):
+        if isinstance(result, BaseException):
+            error = error or result
+        else:
+            delivered.append((row["id"], result.partition, result.offset))
+    return delivered, error
+
+
+async def _mark_sent(conn: asyncpg.Connection, delivered: list[tuple[int, int, int]]) -> None:
+    if not delivered:
+        return
+    ids, partitions, offsets = zip(*delivered, strict=True)
+    await conn.execute(
+        "UPDATE publisher.outbox AS o"
+        " SET sent_at = now(), kafka_partition = d.kafka_partition, kafka_offset = d.kafka_offset"
+        " FROM unnest($1::bigint[], $2::integer[], $3::bigint[])"
+        "   AS d(id, kafka_partition, kafka_offset)"
+        " WHERE o.id = d.id",
+        list(ids),
+        list(partitions),
+        list(offsets),
+    )
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        await producer.stop()
+    except Exception as exc:
+        log.debug("outbox relay: producer stop failed: %r", exc)
+
+
+async def _close_quietly(conn: asyncpg.Connection) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 5.0)
+    except Exception:
+        conn.terminate()

@@ -1,0 +1,40 @@
+"""Configuration from the environment (prefix `PUBLISHER_`); invalid values stop the process at
+start instead of surfacing later."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from blog_events import TOPIC
+
+
+class PublisherSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PUBLISHER_", extra="ignore", frozen=True)
+
+    database_url: str = Field(min_length=1)
+    kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
+    topic: str = Field(default=TOPIC, min_length=1)
+    topic_partitions: int = Field(default=6, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: str = "INFO"
+    relay_enabled: bool = True
+    relay_batch: int = Field(default=500, ge=1, le=10_000)
+    # Fallback poll when no NOTIFY arrives (e.g. a notification lost while reconnecting).
+    relay_poll_interval_s: float = Field(default=1.0, gt=0)
+    # How often a standby replica retries to become the relay leader.
+    relay_standby_retry_s: float = Field(default=2.0, gt=0)
+    relay_retry_initial_s: float = Field(default=0.2, gt=0)
+    relay_retry_max_s: float = Field(default=10.0, gt=0)
+    status_groups: list[str] = Field(default_factory=lambda: ["counter", "indexer"])
+    max_body_bytes: int = Field(default=256 * 1024, ge=1)
+    db_pool_min_size: int = Field(default=1, ge=0)
+    db_pool_max_size: int = Field(default=10, ge=1)
+    # A request waiting longer than this for PostgreSQL gets 503 rather than hanging.
+    db_timeout_s: float = Field(default=5.0, gt=0)
+    kafka_request_timeout_ms: int = Field(default=10_000, ge=1000)
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic}.dlq"

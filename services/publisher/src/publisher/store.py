@@ -1,0 +1,267 @@
+"""Blog writes as units of work: each write changes the blog row and inserts its event into the
+outbox in ONE transaction, so an event exists exactly when its change does."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from blog_events import (
+    BlogDeleted,
+    BlogPublished,
+    BlogUpdated,
+    encode_event,
+    new_envelope,
+)
+from publisher.auth import DbConnection, author_for_token
+from publisher.models import BlogDraft
+
+
+class BlogNotFoundError(Exception):
+    """The blog does not exist or is deleted."""
+
+
+class NotBlogAuthorError(Exception):
+    """The blog belongs to another author."""
+
+
+class InvalidCursorError(ValueError):
+    """A pagination cursor this service did not produce."""
+
+
+@dataclass(frozen=True)
+class Blog:
+    """A row of publisher.blogs (queries select `*`; fields are read by name)."""
+
+    id: uuid.UUID
+    author_id: uuid.UUID
+    title: str
+    body: str
+    tags: list[str]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record | None) -> Blog:
+        # Only called where the statement always returns the row (INSERT/UPDATE ... RETURNING of
+        # a row locked just before, or after a None check).
+        assert row is not None
+        return cls(
+            id=row["id"],
+            author_id=row["author_id"],
+            title=row["title"],
+            body=row["body"],
+            tags=list(row["tags"]),
+            version=row["version"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            deleted_at=row["deleted_at"],
+        )
+
+
+@dataclass(frozen=True)
+class PageCursor:
+    """Position after the last blog of a page (newest-first order is created_at DESC, id DESC)."""
+
+    created_at: datetime
+    blog_id: uuid.UUID
+
+    def encode(self) -> str:
+        raw = json.dumps([self.created_at.isoformat(), str(self.blog_id)]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> PageCursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            created_at, blog_id = json.loads(raw)
+            cursor = cls(datetime.fromisoformat(created_at), uuid.UUID(blog_id))
+        except (binascii.Error, ValueError, TypeError) as exc:
+            raise InvalidCursorError("invalid cursor") from exc
+        if cursor.created_at.tzinfo is None:
+            raise InvalidCursorError("invalid cursor")
+        return cursor
+
+
+class BlogStore:
+    def __init__(self, pool: asyncpg.Pool, topic: str, timeout_s: float) -> None:
+        self._pool = pool
+        self._topic = topic
+        self._timeout_s = timeout_s
+
+    async def author_for_token(self, token: str) -> uuid.UUID | None:
+        async with self._pool.acquire(timeout=self._timeout_s) as conn:
+            return await author_for_token(conn, token)
+
+    async def create(self, author_id: uuid.UUID, draft: BlogDraft) -> Blog:
+        blog_id = uuid.uuid4()
+        async with self._pool.acquire(timeout=self._timeout_s) as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO publisher.blogs (id, author_id, title, body, tags, version)"
+                " VALUES ($1, $2, $3, $4, $5, 1) RETURNING *",
+                blog_id,
+                author_id,
+                draft.title,
+                draft.body,
+                draft.tags,
+            )
+            blog = Blog.from_row(row)
+            event = BlogPublished(
+                blog_id=blog.id,
+                author_id=blog.author_id,
+                version=blog.version,
+                title=blog.title,
+                body=blog.body,
+                tags=tuple(blog.tags),
+                published_at=blog.created_at,
+            )
+            await self._append_event(conn, event)
+        return blog
+
+    async def replace(self, blog_id: uuid.UUID, author_id: uuid.UUID, draft: BlogDraft) -> Blog:
+        async with self._pool.acquire(timeout=self._timeout_s) as conn, conn.transaction():
+            await self._lock_own_live_blog(conn, blog_id, author_id)
+            row = await conn.fetchrow(
+                "UPDATE publisher.blogs SET title = $2, body = $3, tags = $4,"
+                " version = version + 1, updated_at = now()"
+                " WHERE id = $1 RETURNING *",
+                blog_id,
+                draft.title,
+                draft.body,
+                draft.tags,
+            )
+            blog = Blog.from_row(row)
+            event = BlogUpdated(
+                blog_id=blog.id,
+                author_id=blog.author_id,
+                version=blog.version,
+                title=blog.title,
+                body=blog.body,
+                tags=tuple(blog.tags),
+                published_at=blog.created_at,
+                updated_at=blog.updated_at,
+            )
+            await self._append_event(conn, event)
+        return blog
+
+    async def delete(self, blog_id: uuid.UUID, author_id: uuid.UUID) -> Blog:
+        async with self._pool.acquire(timeout=self._timeout_s) as conn, conn.transaction():
+            await self._lock_own_live_blog(conn, blog_id, author_id)
+            row = await conn.fetchrow(
+                "UPDATE publisher.blogs SET version = version + 1, deleted_at = now(),"
+                " updated_at = now() WHERE id = $1 RETURNING *",
+                blog_id,
+            )
+            blog = Blog.from_row(row)
+            assert blog.deleted_at is not None
+            event = BlogDeleted(
+                blog_id=blog.id,
+                author_id=blog.author_id,
+                version=blog.version,
+                deleted_at=blog.deleted_at,
+            )
+            await self._append_event(conn, event)
+        return blog
+
+    async def get(self, blog_id: uuid.UUID, *, include_deleted: bool = False) -> Blog | None:
+        async with self._pool.acquire(timeout=self._timeout_s) as conn:
+            row = await conn.fetchrow("SELECT * FROM publisher.blogs WHERE id = $1", blog_id)
+        if row is None:
+            return None
+        blog = Blog.from_row(row)
+        if blog.deleted_at is not None and not include_deleted:
+            return None
+        return blog
+
+    async def list_by_author(
+        self, author_id: uuid.UUID, limit: int, cursor: PageCursor | None
+    ) -> tuple[list[Blog], PageCursor | None]:
+        """One page of the author's live blogs, newest first, and the cursor of the next page."""
+        async with self._pool.acquire(timeout=self._timeout_s) as conn:
+            if cursor is None:
+                rows = await conn.fetch(
+                    "SELECT * FROM publisher.blogs"
+                    " WHERE author_id = $1 AND deleted_at IS NULL"
+                    " ORDER BY created_at DESC, id DESC LIMIT $2",
+                    author_id,
+                    limit + 1,
+                )
+            else:
+                rows = await conn.fetch(
+                    "SELECT * FROM publisher.blogs"
+                    " WHERE author_id = $1 AND deleted_at IS NULL"
+                    " AND (created_at, id) < ($2, $3)"
+                    " ORDER BY created_at DESC, id DESC LIMIT $4",
+                    author_id,
+                    cursor.created_at,
+                    cursor.blog_id,
+                    limit + 1,
+                )
+        blogs = [Blog.from_row(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = blogs[-1]
+            next_cursor = PageCursor(last.created_at, last.id)
+        return blogs, next_cursor
+
+    async def event_position(self, blog_id: uuid.UUID, version: int) -> tuple[int, int] | None:
+        """(partition, offset) of the blog version's event once relayed, else None."""
+        async with self._pool.acquire(timeout=self._timeout_s) as conn:
+            row = await conn.fetchrow(
+                "SELECT kafka_partition, kafka_offset FROM publisher.outbox"
+                " WHERE blog_id = $1 AND version = $2 AND sent_at IS NOT NULL"
+                " ORDER BY id DESC LIMIT 1",
+                blog_id,
+                version,
+            )
+        if row is None:
+            return None
+        return row["kafka_partition"], row["kafka_offset"]
+
+    async def _lock_own_live_blog(
+        self, conn: DbConnection, blog_id: uuid.UUID, author_id: uuid.UUID
+    ) -> None:
+        # FOR UPDATE serialises writers of one blog, so concurrent updates get consecutive
+        # versions and their outbox rows are inserted (hence relayed) in version order.
+        row = await conn.fetchrow(
+            "SELECT author_id, deleted_at FROM publisher.blogs WHERE id = $1 FOR UPDATE",
+            blog_id,
+        )
+        if row is None or row["deleted_at"] is not None:
+            raise BlogNotFoundError(str(blog_id))
+        if row["author_id"] != author_id:
+            raise NotBlogAuthorError(str(blog_id))
+
+    async def _append_event(
+        self, conn: DbConnection, event: BlogPublished | BlogUpdated | BlogDeleted
+    ) -> None:
+        envelope = new_envelope(event)
+        await conn.execute(
+            "INSERT INTO publisher.outbox (event_id, blog_id, version, topic, key, payload)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            envelope.event_id,
+            event.blog_id,
+            event.version,
+            self._topic,
+            envelope.key,
+            encode_event(envelope),
+        )
+
+    async def unsent_count(self) -> int:
+        async with self._pool.acquire(timeout=self._timeout_s) as conn:
+            count: int = await conn.fetchval(
+                "SELECT count(*) FROM publisher.outbox WHERE sent_at IS NULL"
+            )
+        return count
+
+    async def ping(self) -> None:
+        async with self._pool.acquire(timeout=self._timeout_s) as conn:
+            await conn.fetchval("SELECT 1", timeout=self._timeout_s)

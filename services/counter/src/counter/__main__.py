@@ -1,0 +1,47 @@
+"""`python -m counter` serves the API and runs the consumer; `python -m counter migrate` only
+applies the migrations."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from counter.app import create_app, migrate
+from counter.settings import Settings
+from service_kit.logs import configure_logging
+
+# Uvicorn's grace period for in-flight requests on SIGTERM; the consumer's own stop follows in
+# the lifespan shutdown.
+GRACEFUL_SHUTDOWN_S = 10
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m counter")
+    parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"counter: invalid configuration (COUNTER_* environment):\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    if args.command == "migrate":
+        applied = asyncio.run(migrate(settings))
+        print(f"applied: {', '.join(applied)}" if applied else "migrations up to date")
+        return 0
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep service_kit's logging configuration
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The composition root: `create_app(settings)` wires PostgreSQL, the consumer and the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from pydantic import BaseModel
+
+from counter import repository
+from counter.counting import fold_newest_per_blog
+from counter.settings import Settings
+from service_kit.consumer import BatchConsumer, ConsumedEvent, ConsumerConfig, ConsumerMetrics
+from service_kit.kafka_admin import ensure_topics
+from service_kit.migrations import apply_migrations
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SCHEMA = "counter"
+# How long shutdown waits for the consumer to finish its batch and commit before cancelling it.
+CONSUMER_STOP_TIMEOUT_S = 20.0
+
+log = logging.getLogger(__name__)
+
+BLOG_CHANGES_APPLIED = Counter(
+    "counter_blog_changes_applied_total",
+    "Blog versions applied to counter.blog_state (newest per blog per batch).",
+)
+BLOG_CHANGES_STALE = Counter(
+    "counter_blog_changes_stale_total",
+    "Blog versions skipped because an equal or newer version was already applied "
+    "(redelivery, duplicate or replay).",
+)
+
+
+class AuthorStats(BaseModel):
+    author_id: uuid.UUID
+    total_blogs: int
+
+
+class CountingHandler:
+    """The batch handler: one PostgreSQL transaction per batch, durable when it returns."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def __call__(self, batch: Sequence[ConsumedEvent]) -> None:
+        newest = fold_newest_per_blog(event.envelope for event in batch)
+        plan = await repository.apply_changes(self._pool, newest)
+        BLOG_CHANGES_APPLIED.inc(len(plan.changes))
+        BLOG_CHANGES_STALE.inc(plan.stale)
+
+
+@dataclass
+class Runtime:
+    pool: asyncpg.Pool
+    consumer: BatchConsumer | None = None
+    consumer_task: asyncio.Task[None] | None = None
+
+    @property
+    def consumer_healthy(self) -> bool:
+        if self.consumer is None:
+            return True  # consumer disabled: nothing to be unhealthy
+        task_alive = self.consumer_task is not None and not self.consumer_task.done()
+        return task_alive and self.consumer.healthy
+
+
+async def migrate(settings: Settings) -> list[str]:
+    return await apply_migrations(settings.database_url, SCHEMA, MIGRATIONS_DIR)
+
+
+def _log_consumer_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("consumer stopped by an error", exc_info=task.exception())
+
+
+async def _stop_consumer(runtime: Runtime) -> None:
+    """Let the consumer finish and commit its batch and leave the group; if that hangs (a stuck
+    handler), cancel it: the uncommitted batch is redelivered and its effect is idempotent."""
+    consumer, task = runtime.consumer, runtime.consumer_task
+    if consumer is None:
+        return
+    try:
+        await asyncio.wait_for(consumer.stop(), CONSUMER_STOP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("consumer did not stop within %.0fs; cancelling it", CONSUMER_STOP_TIMEOUT_S)
+        if task is not None:
+            task.cancel()
+    if task is not None:
+        # Waits without re-raising: the task's error, if any, was logged by _log_consumer_end.
+        await asyncio.wait({task}, timeout=CONSUMER_STOP_TIMEOUT_S)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = ConsumerMetrics() if settings.consumer_enabled else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        applied = await migrate(settings)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+        runtime = Runtime(pool=pool)
+        app.state.runtime = runtime
+        try:
+            if settings.consumer_enabled:
+                await ensure_topics(
+                    settings.kafka_bootstrap_servers,
+                    {
+                        settings.topic: settings.topic_partitions,
+                        settings.dlq_topic: settings.topic_partitions,
+                    },
+                )
+                config = ConsumerConfig(
+                    bootstrap_servers=settings.kafka_bootstrap_servers,
+                    topic=settings.topic,
+                    group_id=settings.group_id,
+                    dlq_topic=settings.dlq_topic,
+                    max_batch=settings.max_batch,
+                    crash_after_effect_batches=settings.crash_after_effect_batches,
+                )
+                runtime.consumer = BatchConsumer(config, CountingHandler(pool), metrics)
+                await runtime.consumer.start()
+                runtime.consumer_task = asyncio.create_task(
+                    runtime.consumer.run(), name="counter-consumer"
+                )
+                runtime.consumer_task.add_done_callback(_log_consumer_end)
+            yield
+        finally:
+            await _stop_consumer(runtime)
+            await pool.close()
+
+    app = FastAPI(title="counter", lifespan=lifespan)
+
+    def runtime_of(request: Request) -> Runtime:
+        runtime: Runtime = request.app.state.runtime
+        return runtime
+
+    @app.get("/authors/{author_id}/stats")
+    async def author_stats(author_id: uuid.UUID, request: Request) -> AuthorStats:
+        total = await repository.author_total(runtime_of(request).pool, author_id)
+        return AuthorStats(author_id=author_id, total_blogs=total)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        runtime = runtime_of(request)
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(repository.ping(runtime.pool), timeout=2.0)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"error: {type(exc).__name__}"
+        checks["consumer"] = (
+            "disabled"
+            if runtime.consumer is None
+            else "ok"
+            if runtime.consumer_healthy
+            else "unhealthy"
+        )
+        ready = checks["database"] == "ok" and runtime.consumer_healthy
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

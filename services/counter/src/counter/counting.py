@@ -1,0 +1,98 @@
+"""The counting rules, free of I/O: fold a batch to one change per blog, then decide against the
+stored state which changes apply (version guard) and how each author's total moves."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from blog_events import BlogDeleted, BlogPublished, BlogUpdated, Envelope
+
+
+@dataclass(frozen=True)
+class BlogChange:
+    """A blog's state after one event: the newest one of its blog in the batch."""
+
+    blog_id: uuid.UUID
+    author_id: uuid.UUID
+    version: int
+    live: bool
+    event_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class StoredBlog:
+    """What the counter has already applied for one blog."""
+
+    author_id: uuid.UUID
+    version: int
+    live: bool
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The writes one batch needs: blog rows to upsert and non-zero per-author deltas."""
+
+    changes: tuple[BlogChange, ...]
+    author_deltas: Mapping[uuid.UUID, int]
+    stale: int  # blogs whose newest version in the batch was already applied
+
+
+def is_live(payload: BlogPublished | BlogUpdated | BlogDeleted) -> bool:
+    match payload:
+        case BlogPublished() | BlogUpdated():
+            return True
+        case BlogDeleted():
+            return False
+
+
+def change_of(envelope: Envelope) -> BlogChange:
+    payload = envelope.payload
+    return BlogChange(
+        blog_id=payload.blog_id,
+        author_id=payload.author_id,
+        version=payload.version,
+        live=is_live(payload),
+        event_id=envelope.event_id,
+    )
+
+
+def fold_newest_per_blog(envelopes: Iterable[Envelope]) -> dict[uuid.UUID, BlogChange]:
+    """Keep, per blog, the event with the highest version. Every event carries the blog's whole
+    state after it, so the newest one alone decides the outcome, whatever the order in the batch;
+    a duplicate of the same version keeps the first seen."""
+    newest: dict[uuid.UUID, BlogChange] = {}
+    for envelope in envelopes:
+        change = change_of(envelope)
+        held = newest.get(change.blog_id)
+        if held is None or change.version > held.version:
+            newest[change.blog_id] = change
+    return newest
+
+
+def plan_batch(
+    newest: Mapping[uuid.UUID, BlogChange], stored: Mapping[uuid.UUID, StoredBlog]
+) -> BatchPlan:
+    """Apply only versions newer than stored; each applied change moves its author's total by
+    live_after - live_before (an unseen blog counts as not live before)."""
+    applied: list[BlogChange] = []
+    deltas: defaultdict[uuid.UUID, int] = defaultdict(int)
+    stale = 0
+    for blog_id in sorted(newest):
+        change = newest[blog_id]
+        before = stored.get(blog_id)
+        if before is not None and change.version <= before.version:
+            stale += 1
+            continue
+        applied.append(change)
+        if before is not None and before.live:
+            deltas[before.author_id] -= 1
+        if change.live:
+            deltas[change.author_id] += 1
+    return BatchPlan(
+        changes=tuple(applied),
+        author_deltas={author: delta for author, delta in sorted(deltas.items()) if delta != 0},
+        stale=stale,
+    )

@@ -1,0 +1,112 @@
+"""PostgreSQL access for schema `counter`: one transaction per batch, set-based statements."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+import asyncpg
+
+from counter.counting import BatchPlan, BlogChange, StoredBlog, plan_batch
+
+# Sorted ids + FOR UPDATE: a blog's row cannot change under us until commit, and two batches
+# touching the same rows lock them in the same order (no deadlock).
+_LOCK_BLOG_STATE = """
+SELECT blog_id, author_id, version, live
+FROM counter.blog_state
+WHERE blog_id = ANY($1::uuid[])
+ORDER BY blog_id
+FOR UPDATE
+"""
+
+# The version guard in the WHERE makes the statement itself refuse stale versions, whatever the
+# caller computed. `xmax = 0` is true only for a row this statement inserted.
+_UPSERT_BLOG_STATE = """
+INSERT INTO counter.blog_state AS s (blog_id, author_id, version, live, applied_event_id,
+                                     updated_at)
+SELECT c.blog_id, c.author_id, c.version, c.live, c.event_id, now()
+FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::bool[], $5::uuid[])
+     AS c(blog_id, author_id, version, live, event_id)
+ORDER BY c.blog_id
+ON CONFLICT (blog_id) DO UPDATE
+SET author_id = EXCLUDED.author_id,
+    version = EXCLUDED.version,
+    live = EXCLUDED.live,
+    applied_event_id = EXCLUDED.applied_event_id,
+    updated_at = EXCLUDED.updated_at
+WHERE s.version < EXCLUDED.version
+RETURNING s.blog_id, (s.xmax = 0) AS inserted
+"""
+
+# Two steps because a CHECK constraint is tested on the proposed INSERT row before ON CONFLICT
+# applies, so a negative delta cannot ride in an upsert. First make sure every author row exists
+# and lock it, sorted so concurrent batches (other partitions, same author) lock in one order...
+_LOCK_AUTHOR_ROWS = """
+INSERT INTO counter.author_stats AS a (author_id, total_blogs)
+SELECT author_id, 0
+FROM unnest($1::uuid[]) AS author_id
+ORDER BY author_id
+ON CONFLICT (author_id) DO UPDATE SET total_blogs = a.total_blogs
+"""
+
+# ...then add the deltas to rows this transaction already holds.
+_ADD_TO_AUTHOR_TOTALS = """
+UPDATE counter.author_stats AS a
+SET total_blogs = a.total_blogs + d.delta
+FROM unnest($1::uuid[], $2::int[]) AS d(author_id, delta)
+WHERE a.author_id = d.author_id
+"""
+
+_AUTHOR_TOTAL = "SELECT total_blogs FROM counter.author_stats WHERE author_id = $1"
+
+
+class ConcurrentBlogWrite(RuntimeError):
+    """Another transaction created a blog row this batch had read as absent (possible only while
+    two consumers briefly own one partition during a rebalance). The batch is rolled back and the
+    consumer retries it; the retry reads and locks the row."""
+
+
+async def apply_changes(pool: asyncpg.Pool, newest: Mapping[uuid.UUID, BlogChange]) -> BatchPlan:
+    """Apply one batch's newest change per blog in ONE transaction: lock and read the stored
+    state, keep only newer versions, upsert the blog rows and add the per-author deltas."""
+    async with pool.acquire() as connection, connection.transaction():
+        rows = await connection.fetch(_LOCK_BLOG_STATE, sorted(newest))
+        stored = {
+            row["blog_id"]: StoredBlog(row["author_id"], row["version"], row["live"])
+            for row in rows
+        }
+        plan = plan_batch(newest, stored)
+        if not plan.changes:
+            return plan
+        written = await connection.fetch(
+            _UPSERT_BLOG_STATE,
+            [c.blog_id for c in plan.changes],
+            [c.author_id for c in plan.changes],
+            [c.version for c in plan.changes],
+            [c.live for c in plan.changes],
+            [c.event_id for c in plan.changes],
+        )
+        inserted = {row["blog_id"] for row in written if row["inserted"]}
+        expected_inserts = {c.blog_id for c in plan.changes if c.blog_id not in stored}
+        if len(written) != len(plan.changes) or inserted != expected_inserts:
+            raise ConcurrentBlogWrite(
+                f"{len(plan.changes) - len(written)} guarded, "
+                f"{len(expected_inserts - inserted)} created concurrently; retrying the batch"
+            )
+        if plan.author_deltas:
+            authors = list(plan.author_deltas)
+            await connection.execute(_LOCK_AUTHOR_ROWS, authors)
+            await connection.execute(
+                _ADD_TO_AUTHOR_TOTALS, authors, list(plan.author_deltas.values())
+            )
+        return plan
+
+
+async def author_total(pool: asyncpg.Pool, author_id: uuid.UUID) -> int:
+    """An author nobody has counted yet has 0 blogs."""
+    total: int | None = await pool.fetchval(_AUTHOR_TOTAL, author_id)
+    return total or 0
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    await pool.fetchval("SELECT 1")

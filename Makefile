@@ -11,7 +11,7 @@ STACK := deploy/local/stack.sh
 # `make test` exports the stack's addresses (written by `make up`) to the tests.
 STACK_ENV = set -a; . .state/stack.env; set +a
 
-.PHONY: help install up down status clean run test test-unit test-integration test-e2e lint fmt schemas author
+.PHONY: help install up down status clean run test test-unit test-integration test-e2e lint fmt schemas author bench-pipeline chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -69,3 +69,20 @@ schemas: install ## regenerate the committed JSON Schemas of the events
 
 author: up ## create an author and print its API token: make author NAME=alice
 	$(STACK_ENV); scripts/create-author.sh "$(NAME)"
+
+bench-pipeline: up ## POST latency and POST->counted / POST->searchable, p50/p99 (ARGS="--posts 300 --rate 30")
+	$(STACK_ENV); $(UV) run --frozen --no-sync python bench/pipeline_latency.py $(ARGS)
+
+N ?= 2000
+chaos: up ## kill -9 services and restart Kafka under load, then check exactly-once (make chaos N=2000)
+	$(STACK_ENV); $(UV) run --frozen --no-sync python -m tests.chaos.chaos_run --writes $(N)
+
+DLQ ?= blog-events.dlq
+.PHONY: redrive
+redrive: up ## re-publish dead letters to their source topic after a fix (make redrive DLQ=blog-events.dlq ARGS=--dry-run)
+	$(STACK_ENV); $(UV) run --frozen --no-sync python -m service_kit.redrive --bootstrap "$$BLOG_KAFKA_BOOTSTRAP" --dlq-topic $(DLQ) $(ARGS)
+
+SIZE ?= full
+.PHONY: bench
+bench: up ## the five speed measures beside their references, table + bench/results/bench.json (SIZE=small|medium|full, ARGS=--profile)
+	$(STACK_ENV); $(UV) run --frozen --no-sync python -m bench.run --size $(SIZE) $(ARGS)

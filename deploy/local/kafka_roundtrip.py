@@ -46,7 +46,7 @@ async def round_trip(bootstrap: str) -> bool:
 def main() -> int:
     try:
         ok = asyncio.run(asyncio.wait_for(round_trip(sys.argv[1]), timeout=15))
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+    except Exception as exc:
         print(f"kafka not ready: {exc!r}", file=sys.stderr)
         return 1
     return 0 if ok else 1

@@ -7,6 +7,7 @@
 #   stack.sh clean   down, then wipe the state folder (downloads stay in Maven's local repository)
 #   stack.sh status  show what runs
 #   stack.sh env     print the addresses as shell assignments
+#   stack.sh stop|start kafka|postgres|elasticsearch   one server (outage and chaos tests)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -297,8 +298,23 @@ elasticsearch es/es.pid org.elasticsearch
 EOF
 }
 
+# One server at a time, for the outage and chaos tests (the others keep running).
+cmd_one() { # stop|start component
+  STATE_DIR="$(readlink -f "$STATE_DIR")"
+  case "$1:$2" in
+    stop:kafka) stop_pid kafka "$STATE_DIR/kafka/kafka.pid" kafka.Kafka TERM ;;
+    stop:postgres) stop_pid postgres "$STATE_DIR/pg/postgres.pid" postgres INT ;;
+    stop:elasticsearch) stop_pid elasticsearch "$STATE_DIR/es/es.pid" org.elasticsearch TERM ;;
+    start:kafka) kafka_up; wait_for kafka "$STATE_DIR/kafka/logs/server.log" kafka_ready ;;
+    start:postgres) pg_up; wait_for postgres "$STATE_DIR/pg/postgres.log" pg_ready ;;
+    start:elasticsearch) es_up; wait_for elasticsearch "$STATE_DIR/es/logs/blog-local.log" es_ready ;;
+    *) die "usage: $0 stop|start kafka|postgres|elasticsearch" ;;
+  esac
+}
+
 case "${1:-}" in
   up) cmd_up ;;
+  stop|start) need_root; cmd_one "$1" "${2:-}" ;;
   down) cmd_down ;;
   clean) cmd_clean ;;
   status) cmd_status ;;

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from blog_testkit import Stack, wait_until
 from elasticsearch import AsyncElasticsearch
+
+from blog_testkit import Stack, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from blog_testkit import NO_STACK_MESSAGE, ServiceProcess, Stack, free_port, wait_until
 from blog_testkit import processes as processes_module
 from blog_testkit.plugin import unique_name, with_database

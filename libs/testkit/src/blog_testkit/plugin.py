@@ -14,11 +14,11 @@ import pytest
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
-from service_kit.kafka_admin import ensure_topics
 
 from blog_testkit import processes
 from blog_testkit.processes import ServiceProcess, free_port
 from blog_testkit.stack import Stack, StackUnavailable, resolve_stack
+from service_kit.kafka_admin import ensure_topics
 
 TEST_TOPIC_PARTITIONS = 6
 

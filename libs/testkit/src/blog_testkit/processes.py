@@ -38,7 +38,8 @@ class ServiceProcess:
     def __init__(self, name: str, module: str, env: Mapping[str, str], port: int) -> None:
         self.name = name
         self.module = module
-        self.env = dict(env)
+        # Every service reads its port from `<MODULE>_PORT` (e.g. COUNTER_PORT).
+        self.env = {f"{module.upper()}_PORT": str(port), **env}
         self.port = port
         self.log_path: Path | None = None
         self._process: asyncio.subprocess.Process | None = None

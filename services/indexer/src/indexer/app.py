@@ -1,0 +1,205 @@
+"""The composition root: `create_app(settings)` wires Elasticsearch, the consumer and the API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from indexer.handler import make_batch_handler
+from indexer.index import ensure_index
+from indexer.search import (
+    MAX_PAGE_SIZE,
+    MAX_RESULT_WINDOW,
+    BlogDocument,
+    SearchResponse,
+    search_body,
+    search_response,
+)
+from indexer.settings import IndexerSettings
+from service_kit.consumer import BatchConsumer, ConsumerConfig, ConsumerMetrics
+from service_kit.kafka_admin import ensure_topics
+
+log = logging.getLogger(__name__)
+
+# Elasticsearch may still be starting when the service does (compose, a fresh stack).
+ES_STARTUP_TIMEOUT_S = 60.0
+# A consumer that does not finish its batch in hand within this time is cancelled at shutdown.
+CONSUMER_STOP_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Runtime:
+    es: AsyncElasticsearch
+    consumer: BatchConsumer | None = None
+    consumer_task: asyncio.Task[None] | None = None
+
+    @property
+    def consumer_healthy(self) -> bool:
+        if self.consumer is None:
+            return True  # consumption disabled: serving search only
+        if self.consumer_task is None or self.consumer_task.done():
+            return False
+        return self.consumer.healthy
+
+
+async def _ensure_index_when_reachable(es: AsyncElasticsearch, settings: IndexerSettings) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ES_STARTUP_TIMEOUT_S
+    delay = 0.5
+    while True:
+        try:
+            await ensure_index(es, settings.index_alias, settings.index_name)
+            return
+        except TransportError as exc:  # connection refused / timeout: not up yet
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("Elasticsearch not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _start_consumer(
+    settings: IndexerSettings, runtime: Runtime, metrics: ConsumerMetrics
+) -> None:
+    await ensure_topics(
+        settings.kafka_bootstrap_servers,
+        {settings.topic: settings.topic_partitions, settings.dlq_topic: settings.topic_partitions},
+    )
+    consumer = BatchConsumer(
+        ConsumerConfig(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            topic=settings.topic,
+            group_id=settings.group_id,
+            dlq_topic=settings.dlq_topic,
+            max_batch=settings.max_batch,
+            crash_after_effect_batches=settings.crash_after_effect_batches,
+        ),
+        make_batch_handler(runtime.es, settings.index_alias),
+        metrics,
+    )
+    await consumer.start()
+    runtime.consumer = consumer
+    runtime.consumer_task = asyncio.create_task(consumer.run(), name="indexer-consumer")
+    runtime.consumer_task.add_done_callback(_log_consumer_end)
+
+
+def _log_consumer_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("consumer stopped by an error", exc_info=task.exception())
+
+
+async def _stop_consumer(runtime: Runtime) -> None:
+    consumer, task = runtime.consumer, runtime.consumer_task
+    if consumer is None or task is None:
+        return
+    # stop() asks the loop to finish (and commit) the batch in hand; the task then leaves the
+    # group and closes the clients, so wait for the task itself, not only for stop().
+    try:
+        await asyncio.wait_for(consumer.stop(), CONSUMER_STOP_TIMEOUT_S)
+        await asyncio.wait_for(task, CONSUMER_STOP_TIMEOUT_S)
+    except TimeoutError:
+        log.error("consumer did not stop within %.0fs; cancelling it", CONSUMER_STOP_TIMEOUT_S)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    except Exception:
+        log.exception("consumer ended with an error")
+
+
+def create_app(settings: IndexerSettings) -> FastAPI:
+    consumer_metrics = ConsumerMetrics() if settings.consumer_enabled else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(es=AsyncElasticsearch(settings.es_url, request_timeout=30))
+        app.state.runtime = runtime
+        try:
+            await _ensure_index_when_reachable(runtime.es, settings)
+            if consumer_metrics is not None:
+                await _start_consumer(settings, runtime, consumer_metrics)
+            yield
+        finally:
+            await _stop_consumer(runtime)
+            await runtime.es.close()
+
+    app = FastAPI(title="indexer", version="0.1.0", lifespan=lifespan)
+
+    def runtime_of(request: Request) -> Runtime:
+        runtime: Runtime = request.app.state.runtime
+        return runtime
+
+    @app.exception_handler(TransportError)
+    @app.exception_handler(ApiError)
+    async def search_backend_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("Elasticsearch request failed: %s", exc)
+        return JSONResponse({"detail": "search backend unavailable"}, status_code=503)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        runtime = runtime_of(request)
+        try:
+            health = await runtime.es.options(request_timeout=2).cluster.health()
+            es_status = str(health.body.get("status", "unknown"))
+        except (TransportError, ApiError) as exc:
+            es_status = f"unreachable: {type(exc).__name__}"
+        checks = {
+            "elasticsearch": es_status,
+            "consumer": (
+                "disabled"
+                if runtime.consumer is None
+                else ("ok" if runtime.consumer_healthy else "unhealthy")
+            ),
+        }
+        ready = es_status in ("green", "yellow") and runtime.consumer_healthy
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/search")
+    async def search(
+        request: Request,
+        q: Annotated[str | None, Query(max_length=500)] = None,
+        author: Annotated[str | None, Query(max_length=64)] = None,
+        tag: Annotated[str | None, Query(max_length=64)] = None,
+        page: Annotated[int, Query(ge=1)] = 1,
+        size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 10,
+    ) -> SearchResponse:
+        if page * size > MAX_RESULT_WINDOW:
+            raise HTTPException(
+                status_code=422,
+                detail=f"page * size must not exceed {MAX_RESULT_WINDOW}; narrow the query",
+            )
+        body = search_body(q=q, author=author, tag=tag, page=page, size=size)
+        raw = await runtime_of(request).es.search(index=settings.index_alias, **body)
+        return search_response(raw.body, page=page, size=size)
+
+    @app.get("/blogs/{blog_id}", responses={404: {"description": "unknown or deleted blog"}})
+    async def get_blog(request: Request, blog_id: str) -> BlogDocument:
+        try:
+            found = await runtime_of(request).es.get(index=settings.index_alias, id=blog_id)
+        except NotFoundError:
+            raise HTTPException(status_code=404, detail="blog not found") from None
+        source: dict[str, Any] = found.body["_source"]
+        if source.get("deleted"):
+            raise HTTPException(status_code=404, detail="blog not found")
+        return BlogDocument.model_validate(source)
+
+    return app

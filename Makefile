@@ -11,7 +11,7 @@ STACK := deploy/local/stack.sh
 # `make test` exports the stack's addresses (written by `make up`) to the tests.
 STACK_ENV = set -a; . .state/stack.env; set +a
 
-.PHONY: help install up down status clean run test test-unit test-integration test-e2e lint fmt schemas author bench-pipeline chaos
+.PHONY: help install up down status clean run test test-unit test-integration test-e2e lint fmt schemas author lag bench-pipeline chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,7 @@ run: up ## run the whole system in the foreground (Ctrl-C stops the services)
 	$(STACK_ENV); scripts/run-services.sh
 
 test: up ## the whole suite (unit, integration, e2e) against the real stack
+	scripts/ensure-chromium.sh
 	$(STACK_ENV); $(PYTEST)
 
 test-unit: install ## fast tests that need no server
@@ -69,6 +70,9 @@ schemas: install ## regenerate the committed JSON Schemas of the events
 
 author: up ## create an author and print its API token: make author NAME=alice
 	$(STACK_ENV); scripts/create-author.sh "$(NAME)"
+
+lag: up ## consumer lag per group and partition, refreshed every 5 s (ARGS=--json for JSON)
+	$(STACK_ENV); LAGMON_KAFKA_BOOTSTRAP_SERVERS=$$BLOG_KAFKA_BOOTSTRAP $(UV) run --frozen --no-sync python -m lagmon status --watch 5 $(ARGS)
 
 bench-pipeline: up ## POST latency and POST->counted / POST->searchable, p50/p99 (ARGS="--posts 300 --rate 30")
 	$(STACK_ENV); $(UV) run --frozen --no-sync python bench/pipeline_latency.py $(ARGS)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs publisher, counter and indexer in the foreground with prefixed logs; Ctrl-C (or SIGTERM)
+# Runs publisher, counter, indexer and the lag monitor in the foreground with prefixed logs; Ctrl-C (or SIGTERM)
 # stops them cleanly (each gets SIGTERM and finishes its batch). Expects the stack's env (make run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,14 +16,15 @@ stop() {
 }
 trap stop INT TERM
 
-for svc in publisher counter indexer; do
+for svc in publisher counter indexer lagmon; do
   # Each service's output is prefixed with its name; exec keeps the pid the service's own.
   ( exec "$PY" -u -m "$svc" > >(sed -u "s/^/[$svc] /") 2>&1 ) &
   pids+=($!)
 done
 
 host=127.0.0.1
-for entry in "publisher:${PUBLISHER_PORT:-8000}" "counter:${COUNTER_PORT:-8001}" "indexer:${INDEXER_PORT:-8002}"; do
+for entry in "publisher:${PUBLISHER_PORT:-8000}" "counter:${COUNTER_PORT:-8001}" "indexer:${INDEXER_PORT:-8002}" \
+  "lagmon:${LAGMON_PORT:-8003}"; do
   name=${entry%%:*}; port=${entry##*:}
   for _ in $(seq 1 120); do
     curl -fsS "http://$host:$port/healthz" >/dev/null 2>&1 && break
@@ -35,6 +36,7 @@ for entry in "publisher:${PUBLISHER_PORT:-8000}" "counter:${COUNTER_PORT:-8001}"
     echo "[run] $name is not answering /healthz on port $port; see its log lines above"
   fi
 done
+echo "[run] consumer lag page: http://$host:${LAGMON_PORT:-8003}/"
 echo "[run] create an author: make author NAME=alice   (Ctrl-C stops the services)"
 wait -n "${pids[@]}" || true
 stop

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings
 
 from counter.settings import Settings as CounterSettings
 from indexer.settings import IndexerSettings
+from lagmon.settings import Settings as LagmonSettings
 from publisher.settings import PublisherSettings
 
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
@@ -17,6 +18,7 @@ SERVICES: dict[str, tuple[str, type[BaseSettings]]] = {
     "publisher": ("PUBLISHER_", PublisherSettings),
     "counter": ("COUNTER_", CounterSettings),
     "indexer": ("INDEXER_", IndexerSettings),
+    "lagmon": ("LAGMON_", LagmonSettings),
 }
 
 

@@ -203,6 +203,7 @@ class BatchConsumer:
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._closing = False
         self._running = False
         # Held around process + commit of one batch; the rebalance listener takes it too.
         self._batch_lock = asyncio.Lock()
@@ -285,16 +286,21 @@ class BatchConsumer:
     # -- internals ------------------------------------------------------------------------
 
     async def _close(self) -> None:
-        if self._stopped.is_set():
+        if self._closing:
+            await self._stopped.wait()
             return
-        self._stopped.set()
-        if self._consumer is not None:
-            with _suppress_kafka_errors("consumer stop"):
-                await self._consumer.stop()  # leaves the group: partitions move at once
-        if self._producer is not None:
-            with _suppress_kafka_errors("DLQ producer stop"):
-                await self._producer.stop()
-        log.info("consumer group %s stopped", self.config.group_id)
+        self._closing = True
+        try:
+            if self._consumer is not None:
+                with _suppress_kafka_errors("consumer stop"):
+                    await self._consumer.stop()  # leaves the group: partitions move at once
+            if self._producer is not None:
+                with _suppress_kafka_errors("DLQ producer stop"):
+                    await self._producer.stop()
+            log.info("consumer group %s stopped", self.config.group_id)
+        finally:
+            # Only now is stop() done: the group was left and the clients are closed.
+            self._stopped.set()
 
     async def _on_revoke(self, revoked: set[TopicPartition]) -> None:
         # Tell a retrying batch to give up (its effect is not durable, so it is not committed

@@ -32,6 +32,7 @@ from enum import Enum
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import UnknownTopicOrPartitionError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from service_kit.consumer import DLQ_HEADER_PREFIX
@@ -193,10 +194,11 @@ async def _redrive_with(
     report: RedriveReport,
     out: Callable[[str], None],
 ) -> None:
-    await consumer.topics()  # loads the cluster metadata
-    partition_ids = consumer.partitions_for_topic(report.dlq_topic)
-    if not partition_ids:
-        raise SystemExit(f"redrive: topic {report.dlq_topic} does not exist")
+    try:
+        # The producer waits for the topic's metadata (the consumer's lookup only reads a cache).
+        partition_ids = await producer.partitions_for(report.dlq_topic)
+    except UnknownTopicOrPartitionError:
+        raise SystemExit(f"redrive: topic {report.dlq_topic} does not exist") from None
     partitions = [TopicPartition(report.dlq_topic, p) for p in sorted(partition_ids)]
     # Manual assignment: the group only stores this tool's progress (no rebalances to handle).
     consumer.assign(partitions)
@@ -211,7 +213,9 @@ async def _redrive_with(
     redriven_sources: set[SourceId] = set()
     empty_polls = 0
     while pending:
-        consumer.pause(*(tp for tp in partitions if tp not in pending))
+        finished = [tp for tp in partitions if tp not in pending]
+        if finished:
+            consumer.pause(*finished)
         batches = await consumer.getmany(
             *pending, timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_RECORDS_PER_POLL
         )

@@ -7,12 +7,12 @@ import argparse
 import asyncio
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from counter.app import create_app, migrate
 from counter.settings import Settings
 from service_kit.logs import configure_logging
+from service_kit.serving import run_http_service
 
 # Uvicorn's grace period for in-flight requests on SIGTERM; the consumer's own stop follows in
 # the lifespan shutdown.
@@ -33,13 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         applied = asyncio.run(migrate(settings))
         print(f"applied: {', '.join(applied)}" if applied else "migrations up to date")
         return 0
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep service_kit's logging configuration
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
+    run_http_service(create_app(settings), settings.host, settings.port, GRACEFUL_SHUTDOWN_S)
     return 0
 
 

@@ -4,11 +4,8 @@ creates the index and its alias (the indexer has no database migrations)."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
-from types import FrameType
 
-import uvicorn
 from elasticsearch import AsyncElasticsearch
 from pydantic import ValidationError
 
@@ -16,6 +13,7 @@ from indexer.app import create_app
 from indexer.index import ensure_index
 from indexer.settings import IndexerSettings
 from service_kit.logs import configure_logging
+from service_kit.serving import run_http_service
 
 
 async def _migrate(settings: IndexerSettings) -> None:
@@ -24,10 +22,6 @@ async def _migrate(settings: IndexerSettings) -> None:
         await ensure_index(es, settings.index_alias, settings.index_name)
     finally:
         await es.close()
-
-
-def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
-    sys.exit(0)
 
 
 def main(argv: list[str]) -> int:
@@ -44,17 +38,7 @@ def main(argv: list[str]) -> int:
     if argv:
         print(f"usage: python -m indexer [migrate]; got {' '.join(argv)!r}", file=sys.stderr)
         return 2
-    # uvicorn handles SIGTERM itself (graceful shutdown: the consumer finishes and commits its
-    # batch), then re-raises the signal with the previous handler restored. This handler turns
-    # that re-raise into exit status 0, so "0" means "drained and stopped cleanly".
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep the logging configured above
-        timeout_graceful_shutdown=25,
-    )
+    run_http_service(create_app(settings), settings.host, settings.port)
     return 0
 
 

@@ -8,37 +8,29 @@ import json
 import sys
 
 import asyncpg
-import uvicorn
 
 from publisher.app import MIGRATIONS_DIR, SCHEMA, create_app
 from publisher.auth import create_author, revoke_token
 from publisher.settings import PublisherSettings
 from service_kit.logs import configure_logging
 from service_kit.migrations import apply_migrations
+from service_kit.serving import run_http_service
 
 
 def serve(settings: PublisherSettings) -> int:
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,  # keep service_kit's log format
-        timeout_graceful_shutdown=20,
-    )
+    run_http_service(create_app(settings), settings.host, settings.port, graceful_timeout_s=20)
     return 0
 
 
 async def migrate(settings: PublisherSettings) -> int:
-    applied = await apply_migrations(settings.database_url, SCHEMA, MIGRATIONS_DIR)
+    applied = await apply_migrations(settings.dsn, SCHEMA, MIGRATIONS_DIR)
     print(json.dumps({"applied": applied}))
     return 0
 
 
 async def create_author_command(settings: PublisherSettings, name: str) -> int:
-    await apply_migrations(settings.database_url, SCHEMA, MIGRATIONS_DIR)
-    conn = await asyncpg.connect(settings.database_url)
+    await apply_migrations(settings.dsn, SCHEMA, MIGRATIONS_DIR)
+    conn = await asyncpg.connect(settings.dsn)
     try:
         author_id, token = await create_author(conn, name)
     finally:
@@ -48,7 +40,7 @@ async def create_author_command(settings: PublisherSettings, name: str) -> int:
 
 
 async def revoke_token_command(settings: PublisherSettings, token: str) -> int:
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.dsn)
     try:
         revoked = await revoke_token(conn, token)
     finally:

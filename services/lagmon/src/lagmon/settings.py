@@ -1,0 +1,49 @@
+"""Configuration from the environment (prefix `LAGMON_`); a bad value fails at start-up."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lagmon.rules import RuleConfig
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LAGMON_", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
+    # Every consumer group with committed offsets on one of these topics is monitored.
+    topics: list[str] = Field(default_factory=lambda: ["blog-events"], min_length=1)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8003, ge=1, le=65535)
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    # The sliding window the status rules look at (see lagmon.rules).
+    window_s: float = Field(default=120.0, gt=0)
+    # A committed offset unchanged this long (lag > 0) is STALL; a whole window is STOP.
+    stall_after_s: float = Field(default=30.0, gt=0)
+    # Fewer observations than this in the window: not enough evidence for WARN/STALL.
+    min_observations: int = Field(default=3, ge=2)
+    # How much history the page's chart and /api/history keep.
+    history_s: float = Field(default=900.0, gt=0)
+    # Deadline for fetching the records whose timestamps give the lag in seconds.
+    timestamp_fetch_timeout_s: float = Field(default=3.0, gt=0)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _windows_are_consistent(self) -> Self:
+        if self.stall_after_s > self.window_s:
+            raise ValueError("stall_after_s must not exceed window_s")
+        if self.history_s < self.window_s:
+            raise ValueError("history_s must be at least window_s")
+        return self
+
+    @property
+    def rules(self) -> RuleConfig:
+        return RuleConfig(
+            window_s=self.window_s,
+            stall_after_s=self.stall_after_s,
+            min_observations=self.min_observations,
+        )

@@ -1,0 +1,166 @@
+"""`python -m lagmon` as a process against the real Kafka: the JSON API, /metrics, the probes,
+the CLI (local and --server), and the page rendered by a real headless browser."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from blog_testkit import ServiceProcess, Stack, processes, wait_until
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+async def produce_and_commit(bootstrap: str, topic: str, groups: dict[str, int]) -> None:
+    """5 records on partition 0; each group commits its offset there and leaves (Empty)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for _ in range(5):
+            await producer.send(topic, b"{}", partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    for group, offset in groups.items():
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(topic, 0)])
+            await consumer.commit({TopicPartition(topic, 0): offset})
+        finally:
+            await consumer.stop()
+
+
+async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 90)
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace")
+
+
+def chromium_args(profile: str) -> list[str]:
+    return [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+        "--window-size=1280,900", "--virtual-time-budget=5000",
+    ]  # fmt: skip
+
+
+async def test_server_api_metrics_cli_and_page(
+    stack: Stack, topic: str, service_processes: Callable[..., ServiceProcess]
+) -> None:
+    caught_up, behind = f"{topic}-caught-up", f"{topic}-behind"
+    await produce_and_commit(stack.kafka_bootstrap, topic, {caught_up: 5, behind: 2})
+    env = {
+        "LAGMON_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        "LAGMON_TOPICS": json.dumps([topic]),
+        "LAGMON_POLL_INTERVAL_S": "0.5",
+        "LAGMON_WINDOW_S": "10",
+        "LAGMON_STALL_AFTER_S": "3",
+    }
+    server = service_processes("lagmon", "lagmon", env)
+    server.env["LAGMON_PORT"] = str(server.port)
+    await server.start()
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+
+        async def both_groups() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await client.get("/api/lag")).json()
+            names = {g["group"] for g in body.get("groups", [])}
+            return body if {caught_up, behind} <= names else None
+
+        snapshot = await wait_until(both_groups, timeout=30, what="both groups in /api/lag")
+        assert snapshot is not None
+        groups = {g["group"]: g for g in snapshot["groups"]}
+        assert groups[caught_up]["lag"] == 0
+        assert groups[behind]["lag"] == 3
+        assert groups[behind]["state"] == "Empty"
+        assert groups[behind]["lag_seconds"] >= 0
+
+        # A dead group that is behind ends up STOP (window 10 s), the caught-up one stays OK.
+        async def behind_stopped() -> bool:
+            body = (await client.get("/api/lag")).json()
+            status = {g["group"]: g["status"] for g in body["groups"]}
+            assert status[caught_up] == "OK"
+            return bool(status[behind] == "STOP")
+
+        await wait_until(behind_stopped, timeout=30, interval=0.5, what=f"{behind} STOP")
+
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        labels = f'group="{behind}",partition="0",topic="{topic}"'
+        assert f"lagmon_partition_lag_messages{{{labels}}} 3.0" in metrics
+        assert f"lagmon_partition_committed_offset{{{labels}}} 2.0" in metrics
+        assert f"lagmon_partition_end_offset{{{labels}}} 5.0" in metrics
+        assert f"lagmon_partition_status{{{labels}}} 3.0" in metrics  # STOP
+        assert f'lagmon_group_status{{group="{behind}"}} 3.0' in metrics
+        history = (await client.get("/api/history", params={"minutes": 5})).json()
+        assert len(history["groups"][behind]) >= 3
+        assert {p["status"] for p in history["groups"][behind]} >= {"OK", "STOP"}
+
+    # The CLI, reading the server...
+    code, output = await run(
+        sys.executable, "-m", "lagmon", "status", "--server", server.url, "--json"
+    )
+    assert code == 0, output
+    from_server = {g["group"]: g for g in json.loads(output)["groups"]}
+    assert from_server[behind]["status"] == "STOP"
+    # ... and sampling Kafka itself (two samples: the dead, lagging group is at least STALL).
+    code, output = await run(
+        sys.executable, "-m", "lagmon", "status", "--interval", "1", "--partitions",
+        "--group", behind, "--group", caught_up, env=env,
+    )  # fmt: skip
+    assert code == 0, output
+    rows = {line.split()[0]: line.split() for line in output.splitlines()[2:4]}
+    assert rows[caught_up][1:5] == ["OK", "Empty", "0", "0"]
+    assert rows[behind][1] == "STALL"
+    assert rows[behind][4] == "3"
+
+    await check_page_in_browser(server.url, [caught_up, behind])
+
+
+def chromium_installed() -> bool:
+    return Path(CHROMIUM).exists()
+
+
+async def check_page_in_browser(url: str, groups: list[str]) -> None:
+    if not chromium_installed():
+        pytest.skip(f"{CHROMIUM} missing: run scripts/ensure-chromium.sh")
+    screenshot = processes.artifacts_dir / "lagmon-page.png"
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    screenshot.unlink(missing_ok=True)
+    profile = tempfile.mkdtemp(prefix="lagmon-chromium-")
+    try:
+        code, dom = await run(*chromium_args(profile), "--dump-dom", f"{url}/")
+        assert code == 0, dom
+        for group in groups:
+            # Rows are built by the page's script from /api/lag: the JS ran and fetched.
+            assert f'data-group="{group}"' in dom, dom[-3000:]
+        assert 'class="status STOP"' in dom
+        assert "<polyline" in dom  # the chart was drawn from /api/history
+        code, output = await run(*chromium_args(profile), f"--screenshot={screenshot}", f"{url}/")
+        assert code == 0, output
+        assert screenshot.exists(), output
+        assert screenshot.stat().st_size > 10_000, output
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)

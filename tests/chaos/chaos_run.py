@@ -32,12 +32,10 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.consumer import AIOKafkaConsumer
 from elasticsearch import AsyncElasticsearch
 
-from blog_testkit import ServiceProcess, free_port, wait_until
+from blog_testkit import ServiceProcess, free_port, group_lag, wait_until
 from blog_testkit.plugin import unique_name, with_database
 from publisher.auth import create_author
 from service_kit.kafka_admin import ensure_topics
@@ -125,29 +123,11 @@ class Load:
 
 
 async def committed_everywhere(kafka: str, topic: str, groups: Sequence[str]) -> bool:
-    """Every group's committed offset equals the log-end offset on every partition."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka)
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
-    await consumer.start()
-    await admin.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [
-                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []
-            ]
-        ends = await consumer.end_offsets(partitions)
-        for group in groups:
-            committed = await admin.list_consumer_group_offsets(group)
-            for tp in partitions:
-                meta = committed.get(tp)
-                if ends[tp] > 0 and (meta is None or meta.offset < ends[tp]):
-                    return False
-        return True
-    finally:
-        await admin.close()
-        await consumer.stop()
+    """Every group has committed every record of `topic` written so far."""
+    for group in groups:
+        if await group_lag(kafka, group, topic) != 0:
+            return False
+    return True
 
 
 def stack_command(action: str, component: str) -> None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
 from blog_events import (
     BlogDeleted,
     BlogPublished,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from blog_events import Envelope, schemas
 
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -15,8 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from blog_events import BlogPublished, encode_event, new_envelope
-from blog_testkit import Stack, wait_until
+from blog_testkit import BlogHistory, Stack, as_record, running_batch_consumer, wait_until
 from service_kit.consumer import BatchConsumer, ConsumedEvent, ConsumerConfig, ConsumerMetrics
 
 pytestmark = pytest.mark.integration
@@ -26,16 +23,7 @@ PARTITIONS = 6
 
 def published_event(blog_id: uuid.UUID | None = None) -> tuple[bytes, bytes]:
     """(key, value) of a valid BlogPublished event."""
-    payload = BlogPublished(
-        blog_id=blog_id or uuid.uuid4(),
-        author_id=uuid.uuid4(),
-        version=1,
-        title="A title",
-        body="A body",
-        published_at=datetime.now(UTC),
-    )
-    envelope = new_envelope(payload)
-    return envelope.key.encode(), encode_event(envelope)
+    return as_record(BlogHistory().publish(blog_id=blog_id))
 
 
 @pytest.fixture
@@ -68,17 +56,6 @@ def config_for(stack: Stack, topic: str, **overrides: object) -> ConsumerConfig:
     return ConsumerConfig(**values)  # type: ignore[arg-type]
 
 
-@contextlib.asynccontextmanager
-async def running(consumer: BatchConsumer) -> AsyncIterator[asyncio.Task[None]]:
-    await consumer.start()
-    task = asyncio.create_task(consumer.run())
-    try:
-        yield task
-    finally:
-        await asyncio.wait_for(consumer.stop(), 30)
-        await asyncio.wait_for(task, 30)
-
-
 async def committed(admin: AIOKafkaAdminClient, group: str) -> dict[int, int]:
     offsets = await admin.list_consumer_group_offsets(group)
     return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
@@ -101,7 +78,7 @@ async def test_batch_is_handled_then_committed(
 
     consumer = BatchConsumer(config, handler, ConsumerMetrics(CollectorRegistry()))
     assert not consumer.healthy
-    async with running(consumer):
+    async with running_batch_consumer(consumer):
         await wait_until(
             lambda: asyncio.sleep(0, len(handled) == 3), timeout=30, what="3 events handled"
         )
@@ -141,7 +118,7 @@ async def test_failing_handler_gets_the_batch_again_and_only_then_commits(
 
     registry = CollectorRegistry()
     consumer = BatchConsumer(config, handler, ConsumerMetrics(registry))
-    async with running(consumer):
+    async with running_batch_consumer(consumer):
         await wait_until(
             lambda: _equals(committed(admin, config.group_id), {0: 4}),
             timeout=30,
@@ -207,7 +184,7 @@ async def test_malformed_record_goes_to_dlq_and_good_ones_around_it_are_handled(
 
     registry = CollectorRegistry()
     consumer = BatchConsumer(config, handler, ConsumerMetrics(registry))
-    async with running(consumer):
+    async with running_batch_consumer(consumer):
         await wait_until(
             lambda: _equals(committed(admin, config.group_id), {0: 3, 5: 1}),
             timeout=30,
@@ -252,7 +229,7 @@ async def test_two_consumers_in_one_group_share_the_six_partitions(
     member_a = BatchConsumer(config, handler_for("a"), metrics)
     member_b = BatchConsumer(config, handler_for("b"), metrics)
     per_partition = 5
-    async with running(member_a), running(member_b):
+    async with running_batch_consumer(member_a), running_batch_consumer(member_b):
         await wait_until(
             lambda: asyncio.sleep(
                 0,

@@ -7,25 +7,26 @@ import contextlib
 import re
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 
-from blog_events import (
-    BlogDeleted,
-    BlogPublished,
-    BlogUpdated,
-    Envelope,
-    encode_event,
-    new_envelope,
+from blog_events import encode_event
+from blog_testkit import (
+    BlogHistory,
+    ServiceProcess,
+    Stack,
+    end_offsets,
+    free_port,
+    group_lag,
+    group_members,
+    produce,
+    wait_for_zero_lag,
+    wait_until,
 )
-from blog_testkit import ServiceProcess, Stack, free_port, wait_until
 from counter.app import create_app
 from counter.settings import Settings
 from service_kit.consumer import CRASH_EXIT_CODE
@@ -35,109 +36,6 @@ pytestmark = pytest.mark.integration
 ServiceProcessFactory = Callable[..., ServiceProcess]
 
 SETTLE_TIMEOUT_S = 60.0
-
-
-class BlogHistory:
-    """Makes each blog's events with consecutive versions, as the publisher would."""
-
-    def __init__(self) -> None:
-        self.authors: dict[uuid.UUID, uuid.UUID] = {}
-        self.versions: dict[uuid.UUID, int] = {}
-
-    def publish(self, author_id: uuid.UUID) -> Envelope:
-        blog_id = uuid.uuid4()
-        self.authors[blog_id] = author_id
-        self.versions[blog_id] = 1
-        return new_envelope(
-            BlogPublished(
-                blog_id=blog_id,
-                author_id=author_id,
-                version=1,
-                title="a title",
-                body="a body",
-                published_at=datetime.now(UTC),
-            )
-        )
-
-    def update(self, blog_id: uuid.UUID) -> Envelope:
-        self.versions[blog_id] += 1
-        now = datetime.now(UTC)
-        return new_envelope(
-            BlogUpdated(
-                blog_id=blog_id,
-                author_id=self.authors[blog_id],
-                version=self.versions[blog_id],
-                title="a new title",
-                body="a new body",
-                published_at=now,
-                updated_at=now,
-            )
-        )
-
-    def delete(self, blog_id: uuid.UUID) -> Envelope:
-        self.versions[blog_id] += 1
-        return new_envelope(
-            BlogDeleted(
-                blog_id=blog_id,
-                author_id=self.authors[blog_id],
-                version=self.versions[blog_id],
-                deleted_at=datetime.now(UTC),
-            )
-        )
-
-
-async def produce(bootstrap: str, topic: str, envelopes: Sequence[Envelope]) -> None:
-    """Each envelope becomes its own Kafka message keyed by blog id (so a repeated envelope is a
-    second message at a second offset, like a relay that re-sends)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for envelope in envelopes:
-            await producer.send(topic, encode_event(envelope), key=envelope.key.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def end_offsets(bootstrap: str, topic: str) -> dict[Any, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        [described] = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        offsets: dict[Any, int] = await consumer.end_offsets(partitions)
-        return offsets
-    finally:
-        await consumer.stop()
-
-
-async def committed_offsets(bootstrap: str, group_id: str) -> dict[Any, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group_id)
-    finally:
-        await admin.close()
-    return {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
-
-
-async def group_lag(bootstrap: str, group_id: str, topic: str) -> int:
-    """Messages of `topic` the group has not committed yet."""
-    ends = await end_offsets(bootstrap, topic)
-    committed = await committed_offsets(bootstrap, group_id)
-    return sum(end - committed.get(tp, 0) for tp, end in ends.items())
-
-
-async def wait_for_zero_lag(stack: Stack, group_id: str, topic: str) -> None:
-    async def caught_up() -> bool:
-        return await group_lag(stack.kafka_bootstrap, group_id, topic) == 0
-
-    await wait_until(caught_up, timeout=SETTLE_TIMEOUT_S, what=f"group {group_id} lag 0 on {topic}")
 
 
 async def totals_in_db(database_url: str) -> dict[uuid.UUID, int]:
@@ -224,7 +122,7 @@ async def test_counts_follow_publish_update_delete_for_two_authors(
 
     async with running_counter(settings) as client:
         await produce(stack.kafka_bootstrap, topic, [*alice_blogs, *bob_blogs])
-        await wait_for_zero_lag(stack, settings.group_id, topic)
+        await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, SETTLE_TIMEOUT_S)
         assert await total_blogs(client, alice) == 3
         assert await total_blogs(client, bob) == 2
 
@@ -239,7 +137,7 @@ async def test_counts_follow_publish_update_delete_for_two_authors(
                 *(history.delete(e.payload.blog_id) for e in bob_blogs),
             ],
         )
-        await wait_for_zero_lag(stack, settings.group_id, topic)
+        await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, SETTLE_TIMEOUT_S)
         assert await total_blogs(client, alice) == 2
         assert await total_blogs(client, bob) == 0
         assert await total_blogs(client, nobody) == 0  # an author without blogs is valid
@@ -267,15 +165,15 @@ async def test_the_same_event_at_two_offsets_and_a_replay_count_once(
         # Two sends of the very same event (a relay that crashed before marking it sent).
         await produce(stack.kafka_bootstrap, topic, [publish, kept])
         await produce(stack.kafka_bootstrap, topic, [publish])
-        await wait_for_zero_lag(stack, settings.group_id, topic)
+        await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, SETTLE_TIMEOUT_S)
         assert sum((await end_offsets(stack.kafka_bootstrap, topic)).values()) == 3
         assert await total_blogs(client, author) == 2
 
         # A replay of the older publish after the delete must not resurrect the blog.
         await produce(stack.kafka_bootstrap, topic, [history.delete(publish.payload.blog_id)])
-        await wait_for_zero_lag(stack, settings.group_id, topic)
+        await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, SETTLE_TIMEOUT_S)
         await produce(stack.kafka_bootstrap, topic, [publish])
-        await wait_for_zero_lag(stack, settings.group_id, topic)
+        await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, SETTLE_TIMEOUT_S)
         assert await total_blogs(client, author) == 1
 
 
@@ -307,24 +205,13 @@ async def test_crash_between_effect_and_offset_commit_does_not_count_twice(
 
     restarted = service_processes("counter-restarted", "counter", env, port)
     await restarted.start()
-    await wait_for_zero_lag(stack, group_id, topic)
+    await wait_for_zero_lag(stack.kafka_bootstrap, group_id, topic, SETTLE_TIMEOUT_S)
     async with httpx.AsyncClient(base_url=restarted.url) as client:
         assert await total_blogs(client, authors[0]) == 7
         assert await total_blogs(client, authors[1]) == 10
     assert await totals_in_db(database_url) == {authors[0]: 7, authors[1]: 10}
     assert await blog_rows_in_db(database_url) == 20
     await assert_graceful_stop(restarted)
-
-
-async def group_members(bootstrap: str, group_id: str) -> Mapping[str, Any]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        [response] = await admin.describe_consumer_groups([group_id])
-    finally:
-        await admin.close()
-    group: Mapping[str, Any] = response.to_object()["groups"][0]
-    return group
 
 
 async def applied_changes(client: httpx.AsyncClient) -> float:
@@ -365,7 +252,7 @@ async def test_two_instances_share_the_partitions_and_count_exactly(
     ]
     await produce(stack.kafka_bootstrap, topic, events)
     await produce(stack.kafka_bootstrap, topic, published[:10])  # redelivered old versions
-    await wait_for_zero_lag(stack, group_id, topic)
+    await wait_for_zero_lag(stack.kafka_bootstrap, group_id, topic, SETTLE_TIMEOUT_S)
 
     assert await totals_in_db(database_url) == dict.fromkeys(authors, 15)
     for instance in instances:
@@ -393,7 +280,7 @@ async def test_an_undecodable_message_goes_to_the_dlq_and_counting_goes_on(
                 await producer.send_and_wait(topic, value, key=before.key.encode())
         finally:
             await producer.stop()
-        await wait_for_zero_lag(stack, settings.group_id, topic)
+        await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, SETTLE_TIMEOUT_S)
         assert await total_blogs(client, author) == 2
 
     assert sum((await end_offsets(stack.kafka_bootstrap, settings.dlq_topic)).values()) == 1

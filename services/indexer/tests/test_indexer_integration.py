@@ -7,27 +7,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 from prometheus_client.parser import text_string_to_metric_families
 
-from blog_events import (
-    BlogDeleted,
-    BlogPublished,
-    BlogUpdated,
-    Envelope,
-    encode_event,
-    new_envelope,
+from blog_events import BlogDeleted
+from blog_testkit import (
+    BlogHistory,
+    ServiceProcess,
+    Stack,
+    committed_offsets,
+    free_port,
+    group_members,
+    produce,
+    wait_for_zero_lag,
+    wait_until,
 )
-from blog_testkit import ServiceProcess, Stack, free_port, wait_until
 from indexer.app import create_app
 from indexer.documents import BulkItemsFailed
 from indexer.handler import make_batch_handler
@@ -43,145 +43,17 @@ SETTLE_TIMEOUT_S = 60.0
 # Search sees new documents after the index refresh interval (1 s by default).
 SEARCH_TIMEOUT_S = 15.0
 
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
-
-class BlogHistory:
-    """Makes each blog's events with consecutive versions, as the publisher would, and knows
-    the document each blog must end up as."""
-
-    def __init__(self) -> None:
-        self.last: dict[uuid.UUID, BlogPublished | BlogUpdated | BlogDeleted] = {}
-        self._clock = T0
-
-    def _tick(self) -> datetime:
-        self._clock += timedelta(seconds=1)
-        return self._clock
-
-    def publish(
-        self,
-        author_id: uuid.UUID,
-        title: str = "a title",
-        body: str = "a body",
-        tags: tuple[str, ...] = (),
-    ) -> Envelope:
-        payload = BlogPublished(
-            blog_id=uuid.uuid4(),
-            author_id=author_id,
-            version=1,
-            title=title,
-            body=body,
-            tags=tags,
-            published_at=self._tick(),
+def expected_index(history: BlogHistory) -> dict[str, tuple[int, bool, str | None]]:
+    """blog id -> (version, deleted, title) the index must hold: each blog's latest event."""
+    return {
+        str(blog_id): (
+            event.version,
+            isinstance(event, BlogDeleted),
+            None if isinstance(event, BlogDeleted) else event.title,
         )
-        self.last[payload.blog_id] = payload
-        return new_envelope(payload)
-
-    def update(
-        self, blog_id: uuid.UUID, title: str | None = None, body: str = "a new body"
-    ) -> Envelope:
-        previous = self.last[blog_id]
-        assert not isinstance(previous, BlogDeleted)
-        payload = BlogUpdated(
-            blog_id=blog_id,
-            author_id=previous.author_id,
-            version=previous.version + 1,
-            title=title or f"{previous.title} (v{previous.version + 1})",
-            body=body,
-            tags=previous.tags,
-            published_at=previous.published_at,
-            updated_at=self._tick(),
-        )
-        self.last[blog_id] = payload
-        return new_envelope(payload)
-
-    def delete(self, blog_id: uuid.UUID) -> Envelope:
-        previous = self.last[blog_id]
-        payload = BlogDeleted(
-            blog_id=blog_id,
-            author_id=previous.author_id,
-            version=previous.version + 1,
-            deleted_at=self._tick(),
-        )
-        self.last[blog_id] = payload
-        return new_envelope(payload)
-
-    def expected_index(self) -> dict[str, tuple[int, bool, str | None]]:
-        """blog id -> (version, deleted, title) the index must hold."""
-        return {
-            str(blog_id): (
-                event.version,
-                isinstance(event, BlogDeleted),
-                None if isinstance(event, BlogDeleted) else event.title,
-            )
-            for blog_id, event in self.last.items()
-        }
-
-
-async def produce(bootstrap: str, topic: str, envelopes: Sequence[Envelope]) -> None:
-    """Each envelope becomes its own Kafka message keyed by blog id (so a repeated envelope is a
-    second message at a second offset, like a relay that re-sends)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for envelope in envelopes:
-            await producer.send(topic, encode_event(envelope), key=envelope.key.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def end_offsets(bootstrap: str, topic: str) -> dict[Any, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        # The consumer's own metadata cache may not know a topic created moments ago.
-        [described] = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        offsets: dict[Any, int] = await consumer.end_offsets(partitions)
-        return offsets
-    finally:
-        await consumer.stop()
-
-
-async def committed_offsets(bootstrap: str, group_id: str) -> dict[Any, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group_id)
-    finally:
-        await admin.close()
-    return {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
-
-
-async def group_lag(bootstrap: str, group_id: str, topic: str) -> int:
-    """Messages of `topic` the group has not committed yet."""
-    ends = await end_offsets(bootstrap, topic)
-    committed = await committed_offsets(bootstrap, group_id)
-    return sum(end - committed.get(tp, 0) for tp, end in ends.items())
-
-
-async def wait_for_zero_lag(stack: Stack, group_id: str, topic: str) -> None:
-    async def caught_up() -> bool:
-        return await group_lag(stack.kafka_bootstrap, group_id, topic) == 0
-
-    await wait_until(caught_up, timeout=SETTLE_TIMEOUT_S, what=f"group {group_id} lag 0 on {topic}")
-
-
-async def group_members(bootstrap: str, group_id: str) -> Mapping[str, Any]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        [response] = await admin.describe_consumer_groups([group_id])
-    finally:
-        await admin.close()
-    group: Mapping[str, Any] = response.to_object()["groups"][0]
-    return group
+        for blog_id, event in history.last.items()
+    }
 
 
 async def indexed_state(
@@ -369,7 +241,7 @@ async def test_publish_update_delete_reach_search_and_the_document_api(
         everything = await search(client)
         assert hit_ids(everything) == [str(garden_blog.payload.blog_id)]
         assert everything["total"] == 1
-        await wait_for_zero_lag(stack, settings.group_id, topic)
+        await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, SETTLE_TIMEOUT_S)
 
 
 async def test_replayed_publish_after_delete_does_not_resurrect_the_blog(
@@ -384,7 +256,7 @@ async def test_replayed_publish_after_delete_does_not_resurrect_the_blog(
         await produce(
             stack.kafka_bootstrap, topic, [publish, history.delete(publish.payload.blog_id)]
         )
-        await wait_for_zero_lag(stack, settings.group_id, topic)
+        await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, SETTLE_TIMEOUT_S)
         tombstone = await es.get(index=settings.index_alias, id=blog_id)
         assert tombstone["_version"] == 2
         assert tombstone["_source"]["deleted"] is True
@@ -394,7 +266,7 @@ async def test_replayed_publish_after_delete_does_not_resurrect_the_blog(
 
         # The old publish again (a replay from the start of the log, or a re-sending relay).
         await produce(stack.kafka_bootstrap, topic, [publish])
-        await wait_for_zero_lag(stack, settings.group_id, topic)
+        await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, SETTLE_TIMEOUT_S)
 
         conflicts_after = counter_value(
             (await client.get("/metrics")).text, "indexer_version_conflicts_total"
@@ -420,20 +292,20 @@ async def test_a_duplicated_event_is_indexed_once(
         # The very same event at two offsets (a relay that crashed before marking it sent).
         await produce(stack.kafka_bootstrap, topic, [publish])
         await produce(stack.kafka_bootstrap, topic, [publish])
-        await wait_for_zero_lag(stack, settings.group_id, topic)
+        await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, SETTLE_TIMEOUT_S)
         document = await es.get(index=settings.index_alias, id=blog_id)
         assert (document["_version"], document["_seq_no"]) == (1, 0)
 
         update = history.update(publish.payload.blog_id, title="Said twice, edited")
         await produce(stack.kafka_bootstrap, topic, [update])
         await produce(stack.kafka_bootstrap, topic, [update, publish])
-        await wait_for_zero_lag(stack, settings.group_id, topic)
+        await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, SETTLE_TIMEOUT_S)
 
     document = await es.get(index=settings.index_alias, id=blog_id)
     # One write per version: a second write of either would have taken another sequence number.
     assert (document["_version"], document["_seq_no"]) == (2, 1)
     assert document["_source"]["title"] == "Said twice, edited"
-    assert await indexed_state(es, settings.index_alias) == history.expected_index()
+    assert await indexed_state(es, settings.index_alias) == expected_index(history)
 
 
 async def test_search_highlights_filters_ordering_and_paging(
@@ -459,7 +331,7 @@ async def test_search_highlights_filters_ordering_and_paging(
 
     async with running_indexer(settings) as client:
         await produce(stack.kafka_bootstrap, topic, [in_title, in_body, unrelated])
-        await wait_for_zero_lag(stack, settings.group_id, topic)
+        await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, SETTLE_TIMEOUT_S)
         await es.indices.refresh(index=settings.index_alias)
 
         result = await search(client, q="kafka")
@@ -547,12 +419,12 @@ async def test_crash_after_the_bulk_before_the_commit_leaves_the_index_exact(
 
     restarted = service_processes("indexer-restarted", "indexer", env, port)
     await restarted.start()
-    await wait_for_zero_lag(stack, group_id, topic)
-    assert await indexed_state(es, alias) == history.expected_index()
+    await wait_for_zero_lag(stack.kafka_bootstrap, group_id, topic, SETTLE_TIMEOUT_S)
+    assert await indexed_state(es, alias) == expected_index(history)
     async with httpx.AsyncClient(base_url=restarted.url) as client:
         result = await search(client, size=100)
         live = {
-            blog_id for blog_id, (_, deleted, _) in history.expected_index().items() if not deleted
+            blog_id for blog_id, (_, deleted, _) in expected_index(history).items() if not deleted
         }
         assert result["total"] == len(live) == 23
         assert set(hit_ids(result)) == live
@@ -595,8 +467,8 @@ async def test_two_instances_share_the_partitions_and_index_exactly(
     ]
     await produce(stack.kafka_bootstrap, topic, events)
     await produce(stack.kafka_bootstrap, topic, published[:10])  # redelivered old versions
-    await wait_for_zero_lag(stack, group_id, topic)
-    assert await indexed_state(es, alias) == history.expected_index()
+    await wait_for_zero_lag(stack.kafka_bootstrap, group_id, topic, SETTLE_TIMEOUT_S)
+    assert await indexed_state(es, alias) == expected_index(history)
 
     for instance in instances:
         async with httpx.AsyncClient(base_url=instance.url) as client:
@@ -611,8 +483,8 @@ async def test_two_instances_share_the_partitions_and_index_exactly(
     assert await first.terminate() == 0
     more = [history.update(e.payload.blog_id, title="after the rebalance") for e in published[30:]]
     await produce(stack.kafka_bootstrap, topic, more)
-    await wait_for_zero_lag(stack, group_id, topic)
-    assert await indexed_state(es, alias) == history.expected_index()
+    await wait_for_zero_lag(stack.kafka_bootstrap, group_id, topic, SETTLE_TIMEOUT_S)
+    assert await indexed_state(es, alias) == expected_index(history)
     async with httpx.AsyncClient(base_url=second.url) as client:
         result = await search(client, q="rebalance", size=100)
         assert result["total"] == 30

@@ -2,10 +2,45 @@
 
 Fixtures (see `blog_testkit.plugin`): `stack`, `database_url`, `topic`, `es_prefix`,
 `service_processes`. Helpers: `wait_until`, `ServiceProcess`, `free_port`.
+Kafka (`blog_testkit.kafka`): `produce`, `read_topic`, `topic_partitions`, `end_offsets`,
+`committed_offsets`, `commit_offsets`, `group_lag`, `wait_for_zero_lag`, `group_members`,
+`running_batch_consumer`.
+Events (`blog_testkit.events`): `BlogHistory`, `as_record`.
 """
 
+from blog_testkit.events import BlogHistory, as_record
+from blog_testkit.kafka import (
+    commit_offsets,
+    committed_offsets,
+    end_offsets,
+    group_lag,
+    group_members,
+    produce,
+    read_topic,
+    running_batch_consumer,
+    topic_partitions,
+    wait_for_zero_lag,
+)
 from blog_testkit.processes import ServiceProcess, free_port
 from blog_testkit.stack import NO_STACK_MESSAGE, Stack
 from blog_testkit.waiting import wait_until
 
-__all__ = ["NO_STACK_MESSAGE", "ServiceProcess", "Stack", "free_port", "wait_until"]
+__all__ = [
+    "NO_STACK_MESSAGE",
+    "BlogHistory",
+    "ServiceProcess",
+    "Stack",
+    "as_record",
+    "commit_offsets",
+    "committed_offsets",
+    "end_offsets",
+    "free_port",
+    "group_lag",
+    "group_members",
+    "produce",
+    "read_topic",
+    "running_batch_consumer",
+    "topic_partitions",
+    "wait_for_zero_lag",
+    "wait_until",
+]

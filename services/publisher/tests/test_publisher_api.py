@@ -90,6 +90,7 @@ async def test_failed_outbox_insert_leaves_no_blog(
     )
     response = await publisher.client.post("/blogs", json=draft(), headers=author.headers)
     assert response.status_code == 500
+    assert response.json() == {"detail": "internal server error"}
     assert await db.fetchval("SELECT count(*) FROM publisher.blogs") == 0
     assert await db.fetchval("SELECT count(*) FROM publisher.outbox") == 0
 

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,8 +43,9 @@ class StackUnavailable(Exception):
 @dataclass(frozen=True)
 class Stack:
     kafka_bootstrap: str
-    postgres_dsn: str
-    es_url: str
+    # Holds the password: kept out of repr, so it never lands in pytest's failure output.
+    postgres_dsn: str = field(repr=False)
+    es_url: str = ""
 
 
 def stack_from_mapping(values: Mapping[str, str], origin: str) -> Stack | None:

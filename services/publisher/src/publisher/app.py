@@ -13,23 +13,31 @@ from pathlib import Path
 from typing import Annotated
 
 import asyncpg
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from publisher.auth import bearer_token
 from publisher.kafka_status import KafkaStatus
 from publisher.metrics import PublisherMetrics
-from publisher.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
+from publisher.middleware import (
+    BodySizeLimitMiddleware,
+    JsonUtf8Middleware,
+    RequestMetricsMiddleware,
+)
 from publisher.models import (
     BlogDraft,
     BlogOut,
     BlogPage,
     BlogStatus,
+    ErrorDetail,
     EventPosition,
     GroupProgress,
     WriteAccepted,
 )
+from publisher.ratelimit import TokenBucketLimiter, retry_after_header
 from publisher.relay import OutboxRelay
 from publisher.settings import PublisherSettings
 from publisher.store import (
@@ -75,6 +83,7 @@ class Runtime:
     store: BlogStore
     kafka: KafkaStatus
     relay: OutboxRelay | None
+    write_limiter: TokenBucketLimiter | None
 
 
 def runtime(request: Request) -> Runtime:
@@ -85,11 +94,16 @@ def runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
 
 
+# auto_error=False: a missing or non-Bearer header gets our 401 (FastAPI's own is a 403).
+bearer_scheme = HTTPBearer(auto_error=False, description="An API token of the author.")
+
+
 async def current_author(
-    rt: RuntimeDep, authorization: Annotated[str | None, Header()] = None
+    rt: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> uuid.UUID:
     """The author identified by the bearer token: the only source of identity."""
-    token = bearer_token(authorization)
+    token = bearer_token(f"Bearer {credentials.credentials}") if credentials else None
     author_id = await rt.store.author_for_token(token) if token else None
     if author_id is None:
         raise HTTPException(
@@ -101,6 +115,42 @@ async def current_author(
 
 
 AuthorDep = Annotated[uuid.UUID, Depends(current_author)]
+
+
+async def writing_author(rt: RuntimeDep, author_id: AuthorDep) -> uuid.UUID:
+    """The authenticated author of a write, within their write rate (else 429)."""
+    if rt.write_limiter is not None:
+        wait_s = rt.write_limiter.acquire(author_id)
+        if wait_s is not None:
+            rt.metrics.rate_limited_writes.inc()
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                detail=(
+                    f"write rate limit exceeded ({rt.write_limiter.rate_per_s:g}/s per author,"
+                    f" bursts of {rt.write_limiter.burst}); retry after the Retry-After seconds"
+                ),
+                headers={"Retry-After": retry_after_header(wait_s)},
+            )
+    return author_id
+
+
+WriterDep = Annotated[uuid.UUID, Depends(writing_author)]
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI documentation of the error answers a route gives (all `{"detail": "..."}`)."""
+    descriptions = {
+        401: "Missing, invalid or revoked bearer token",
+        403: "The blog belongs to another author",
+        404: "The blog does not exist or is deleted",
+        413: "Request body too large",
+        429: "Write rate limit exceeded (see Retry-After)",
+        503: "Database unavailable (see Retry-After)",
+    }
+    return {code: {"model": ErrorDetail, "description": descriptions[code]} for code in codes}
+
+
+WRITE_ERRORS = (401, 413, 429, 503)
 
 
 def status_url(blog: Blog) -> str:
@@ -126,16 +176,23 @@ def blog_out(blog: Blog) -> BlogOut:
     )
 
 
+def printable(part: object) -> object:
+    """A location part as JSON can carry: an unknown field's name may be a lone surrogate."""
+    if isinstance(part, str):
+        return part.encode("utf-8", "backslashreplace").decode("utf-8")
+    return part
+
+
 def create_app(settings: PublisherSettings) -> FastAPI:
     metrics = PublisherMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        applied = await apply_migrations(settings.database_url, SCHEMA, MIGRATIONS_DIR)
+        applied = await apply_migrations(settings.dsn, SCHEMA, MIGRATIONS_DIR)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         pool = await asyncpg.create_pool(
-            settings.database_url,
+            settings.dsn,
             min_size=settings.db_pool_min_size,
             max_size=settings.db_pool_max_size,
             timeout=settings.db_timeout_s,
@@ -151,6 +208,11 @@ def create_app(settings: PublisherSettings) -> FastAPI:
             store=BlogStore(pool, settings.topic, settings.db_timeout_s),
             kafka=kafka,
             relay=relay,
+            write_limiter=(
+                TokenBucketLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+                if settings.rate_limit_per_s > 0
+                else None
+            ),
         )
         try:
             yield
@@ -167,6 +229,8 @@ def create_app(settings: PublisherSettings) -> FastAPI:
             await pool.close()
 
     app = FastAPI(title="publisher", lifespan=lifespan)
+    # Starlette wraps in reverse order: the size limit runs first, then the UTF-8 check.
+    app.add_middleware(JsonUtf8Middleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Added last = outermost, so it also counts the 413s and the 503s.
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
@@ -182,18 +246,53 @@ def create_app(settings: PublisherSettings) -> FastAPI:
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, database_unavailable)
 
-    @app.post("/blogs", status_code=status.HTTP_202_ACCEPTED, response_model=WriteAccepted)
+    async def invalid_request(_request: Request, exc: Exception) -> Response:
+        # FastAPI's default also echoes each invalid `input`: that can be the whole (large) body,
+        # and text that is not even encodable (a lone surrogate made the 422 itself fail).
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {
+                "type": err["type"],
+                "loc": [printable(part) for part in err["loc"]],
+                "msg": err["msg"],
+            }
+            for err in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
+
+    async def internal_error(_request: Request, exc: Exception) -> Response:
+        # Starlette logs the traceback itself; the client gets a message, not a bare text/plain.
+        return JSONResponse(
+            {"detail": "internal server error"},
+            status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+
+    app.add_exception_handler(Exception, internal_error)
+
+    @app.post(
+        "/blogs",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=WriteAccepted,
+        responses=error_responses(*WRITE_ERRORS),
+    )
     async def publish_blog(
-        draft: BlogDraft, author_id: AuthorDep, rt: RuntimeDep, response: Response
+        draft: BlogDraft, author_id: WriterDep, rt: RuntimeDep, response: Response
     ) -> WriteAccepted:
         blog = await rt.store.create(author_id, draft)
         return accepted(blog, response)
 
-    @app.put("/blogs/{blog_id}", status_code=status.HTTP_202_ACCEPTED, response_model=WriteAccepted)
+    @app.put(
+        "/blogs/{blog_id}",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=WriteAccepted,
+        responses=error_responses(*WRITE_ERRORS, 403, 404),
+    )
     async def replace_blog(
         blog_id: uuid.UUID,
         draft: BlogDraft,
-        author_id: AuthorDep,
+        author_id: WriterDep,
         rt: RuntimeDep,
         response: Response,
     ) -> WriteAccepted:
@@ -206,10 +305,13 @@ def create_app(settings: PublisherSettings) -> FastAPI:
         return accepted(blog, response)
 
     @app.delete(
-        "/blogs/{blog_id}", status_code=status.HTTP_202_ACCEPTED, response_model=WriteAccepted
+        "/blogs/{blog_id}",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=WriteAccepted,
+        responses=error_responses(*WRITE_ERRORS, 403, 404),
     )
     async def delete_blog(
-        blog_id: uuid.UUID, author_id: AuthorDep, rt: RuntimeDep, response: Response
+        blog_id: uuid.UUID, author_id: WriterDep, rt: RuntimeDep, response: Response
     ) -> WriteAccepted:
         try:
             blog = await rt.store.delete(blog_id, author_id)
@@ -219,14 +321,14 @@ def create_app(settings: PublisherSettings) -> FastAPI:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "not the blog's author") from None
         return accepted(blog, response)
 
-    @app.get("/blogs/{blog_id}", response_model=BlogOut)
+    @app.get("/blogs/{blog_id}", response_model=BlogOut, responses=error_responses(404, 503))
     async def get_blog(blog_id: uuid.UUID, rt: RuntimeDep) -> BlogOut:
         blog = await rt.store.get(blog_id)
         if blog is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "blog not found")
         return blog_out(blog)
 
-    @app.get("/blogs", response_model=BlogPage)
+    @app.get("/blogs", response_model=BlogPage, responses=error_responses(503))
     async def list_blogs(
         rt: RuntimeDep,
         author: uuid.UUID,
@@ -236,14 +338,26 @@ def create_app(settings: PublisherSettings) -> FastAPI:
         try:
             position = PageCursor.decode(cursor) if cursor else None
         except InvalidCursorError:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid cursor") from None
+            # Same shape as every other 422: a list of errors, each naming its field.
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("query", "cursor"),
+                        "msg": "invalid cursor: use a next_cursor this API returned",
+                        "input": cursor,
+                    }
+                ]
+            ) from None
         blogs, next_cursor = await rt.store.list_by_author(author, limit, position)
         return BlogPage(
             items=[blog_out(b) for b in blogs],
             next_cursor=next_cursor.encode() if next_cursor else None,
         )
 
-    @app.get("/blogs/{blog_id}/status", response_model=BlogStatus)
+    @app.get(
+        "/blogs/{blog_id}/status", response_model=BlogStatus, responses=error_responses(404, 503)
+    )
     async def blog_status(
         blog_id: uuid.UUID,
         rt: RuntimeDep,
@@ -270,7 +384,10 @@ def create_app(settings: PublisherSettings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        responses={503: {"description": "Not ready: PostgreSQL unreachable (same body)"}},
+    )
     async def readyz(rt: RuntimeDep) -> JSONResponse:
         """Ready = PostgreSQL answers. Kafka is reported only: writes succeed without it."""
         database_ok = True
@@ -292,7 +409,16 @@ def create_app(settings: PublisherSettings) -> FastAPI:
             status_code=status.HTTP_200_OK if database_ok else status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def metrics_endpoint(rt: RuntimeDep) -> Response:
         with contextlib.suppress(*DATABASE_ERRORS):
             rt.metrics.outbox_unsent_rows.set(await rt.store.unsent_count())

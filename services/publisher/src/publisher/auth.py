@@ -13,6 +13,8 @@ from asyncpg.pool import PoolConnectionProxy
 DbConnection = asyncpg.Connection | PoolConnectionProxy
 
 TOKEN_BYTES = 32
+# Real tokens are 43 characters; anything far longer is not one and is not even looked up.
+MAX_TOKEN_CHARS = 200
 
 
 def new_token() -> str:
@@ -30,7 +32,7 @@ def bearer_token(authorization: str | None) -> str | None:
         return None
     scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token or len(token) > 200:
+    if scheme.lower() != "bearer" or not token or " " in token or len(token) > MAX_TOKEN_CHARS:
         return None
     return token
 

@@ -21,6 +21,11 @@ class PublisherMetrics:
             ["method", "route"],
             registry=self.registry,
         )
+        self.rate_limited_writes = Counter(
+            "publisher_rate_limited_writes",
+            "Writes refused with 429 by the per-author rate limit",
+            registry=self.registry,
+        )
         self.outbox_unsent_rows = Gauge(
             "publisher_outbox_unsent_rows",
             "Outbox rows not yet relayed to Kafka (sampled at scrape)",

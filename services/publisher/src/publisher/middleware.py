@@ -1,7 +1,8 @@
-"""Pure ASGI middleware: request body limit and request metrics."""
+"""Pure ASGI middleware: request body limit, UTF-8 check of JSON bodies and request metrics."""
 
 from __future__ import annotations
 
+import email.message
 import json
 import time
 
@@ -55,31 +56,83 @@ class BodySizeLimitMiddleware:
         )
 
     async def _reject(self, send: Send) -> None:
-        payload = json.dumps(
-            {"detail": f"request body larger than {self.max_bytes} bytes"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        await _send_json(
+            send,
+            413,
+            {"detail": f"request body larger than {self.max_bytes} bytes"},
+            close=True,
         )
-        await send({"type": "http.response.body", "body": payload})
+
+
+class JsonUtf8Middleware:
+    """Answer 422 to a JSON body that is not valid UTF-8 (RFC 8259 requires UTF-8), in the same
+    shape as FastAPI's other 422s. FastAPI itself would answer a bare 400 "error parsing the
+    body". Runs inside BodySizeLimitMiddleware, so the body is already complete and bounded."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _is_parsed_as_json(scope):
+            await self.app(scope, receive, send)
+            return
+        message = await receive()
+        body = message.get("body", b"") if message["type"] == "http.request" else b""
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            error = {
+                "type": "utf8_invalid",
+                "loc": ["body"],
+                "msg": f"request body is not valid UTF-8 (invalid byte at position {exc.start})",
+            }
+            await _send_json(send, 422, {"detail": [error]})
+            return
+        await self.app(scope, _replay([message], receive), send)
+
+
+def _is_parsed_as_json(scope: Scope) -> bool:
+    """Whether FastAPI may decode this request's body as JSON: application/json,
+    application/*+json (FastAPI's test), or no Content-Type at all (parsed as JSON unless
+    FastAPI's strict content type is on; either way a non-UTF-8 body is refused)."""
+    content_type = _header(scope, b"content-type")
+    if content_type is None:
+        return True
+    parsed = email.message.Message()
+    parsed["content-type"] = content_type.decode("latin-1")
+    subtype = parsed.get_content_subtype()
+    return parsed.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+async def _send_json(send: Send, status: int, content: object, *, close: bool = False) -> None:
+    payload = json.dumps(content).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value)
+    return None
 
 
 def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    value = _header(scope, b"content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

@@ -7,11 +7,25 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from blog_events.models import BODY_MAX, TAG_MAX, TAGS_MAX, TITLE_MAX
 
-Tag = Annotated[str, Field(min_length=1, max_length=TAG_MAX)]
+
+def storable_text(value: str) -> str:
+    """Text PostgreSQL and UTF-8 can hold: JSON may carry `\\u0000` (PostgreSQL text cannot
+    store NUL) and lone surrogates like `\\ud800` (not encodable as UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must not contain unpaired surrogates (not valid Unicode)") from None
+    return value
+
+
+StorableText = Annotated[str, AfterValidator(storable_text)]
+Tag = Annotated[StorableText, Field(min_length=1, max_length=TAG_MAX)]
 
 
 class BlogDraft(BaseModel):
@@ -19,9 +33,15 @@ class BlogDraft(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=TITLE_MAX)
-    body: str = Field(max_length=BODY_MAX)
+    title: StorableText = Field(min_length=1, max_length=TITLE_MAX)
+    body: StorableText = Field(max_length=BODY_MAX)
     tags: list[Tag] = Field(default_factory=list, max_length=TAGS_MAX)
+
+
+class ErrorDetail(BaseModel):
+    """Every error answer except 422 (whose `detail` lists the invalid fields, FastAPI's format)."""
+
+    detail: str
 
 
 class WriteAccepted(BaseModel):

@@ -81,7 +81,7 @@ class OutboxRelay:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(
-                    self._settings.database_url, timeout=self._settings.db_timeout_s
+                    self._settings.dsn, timeout=self._settings.db_timeout_s
                 )
                 if not await self._acquire_leadership(conn):
                     return

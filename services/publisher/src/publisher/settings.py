@@ -3,7 +3,7 @@ start instead of surfacing later."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from blog_events import TOPIC
@@ -12,7 +12,8 @@ from blog_events import TOPIC
 class PublisherSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PUBLISHER_", extra="ignore", frozen=True)
 
-    database_url: str = Field(min_length=1)
+    # Secret: it holds the database password, so repr() and logs of the settings show `**********`.
+    database_url: SecretStr = Field(min_length=1)
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
     topic: str = Field(default=TOPIC, min_length=1)
     topic_partitions: int = Field(default=6, ge=1)
@@ -34,6 +35,15 @@ class PublisherSettings(BaseSettings):
     # A request waiting longer than this for PostgreSQL gets 503 rather than hanging.
     db_timeout_s: float = Field(default=5.0, gt=0)
     kafka_request_timeout_ms: int = Field(default=10_000, ge=1000)
+    # Writes (POST/PUT/DELETE) per author per second in this process, with bursts up to
+    # `rate_limit_burst`; 0 turns the limit off. Generous: it stops runaway clients, not load.
+    rate_limit_per_s: float = Field(default=50.0, ge=0)
+    rate_limit_burst: int = Field(default=100, ge=1)
+
+    @property
+    def dsn(self) -> str:
+        """The database URL in clear, for the database clients only."""
+        return self.database_url.get_secret_value()
 
     @property
     def dlq_topic(self) -> str:

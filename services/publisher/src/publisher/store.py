@@ -8,7 +8,7 @@ import binascii
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -83,12 +83,15 @@ class PageCursor:
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             created_at, blog_id = json.loads(raw)
-            cursor = cls(datetime.fromisoformat(created_at), uuid.UUID(blog_id))
-        except (binascii.Error, ValueError, TypeError) as exc:
+            if not isinstance(created_at, str) or not isinstance(blog_id, str):
+                raise InvalidCursorError("invalid cursor")
+            moment = datetime.fromisoformat(created_at)
+            if moment.tzinfo is None:
+                raise InvalidCursorError("invalid cursor")
+            # In UTC, so an edge-of-range time with an offset fails here, not in the driver.
+            return cls(moment.astimezone(UTC), uuid.UUID(blog_id))
+        except (binascii.Error, ValueError, TypeError, OverflowError) as exc:
             raise InvalidCursorError("invalid cursor") from exc
-        if cursor.created_at.tzinfo is None:
-            raise InvalidCursorError("invalid cursor")
-        return cursor
 
 
 class BlogStore:

@@ -45,7 +45,7 @@ class Stack:
     kafka_bootstrap: str
     # Holds the password: kept out of repr, so it never lands in pytest's failure output.
     postgres_dsn: str = field(repr=False)
-    es_url: str = ""
+    es_url: str
 
 
 def stack_from_mapping(values: Mapping[str, str], origin: str) -> Stack | None:

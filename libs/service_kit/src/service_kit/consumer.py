@@ -357,17 +357,22 @@ class BatchConsumer:
                 if events:
                     await self._handler(events)
                 break
-            except Exception:
+            except Exception as exc:
                 attempt += 1
                 self._handler_failing = True
                 self._metrics.events_failed.labels(group=group).inc(len(events))
                 delay = backoff_delay(attempt, self.config.retry_initial_s, self.config.retry_max_s)
-                log.exception(
-                    "group %s: batch of %d events failed (attempt %d), retrying in %.2fs",
+                # The traceback once per failing streak; later attempts one line each, so a
+                # minute-long outage does not flood the log.
+                log.log(
+                    logging.ERROR if attempt == 1 else logging.WARNING,
+                    "group %s: batch of %d events failed (attempt %d: %s), retrying in %.2fs",
                     group,
                     len(events),
                     attempt,
+                    f"{type(exc).__name__}: {exc}"[:300],
                     delay,
+                    exc_info=attempt == 1,
                 )
                 if await self._interrupted(delay):
                     log.warning(

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from blog_testkit import wait_until
-
-from .conftest import Author, Pipeline
+from tests.pipeline import Author, Pipeline
 
 pytestmark = pytest.mark.e2e
 

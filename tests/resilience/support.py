@@ -15,7 +15,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from blog_testkit import committed_offsets, group_lag, group_members
-from tests.e2e.conftest import Author, Pipeline
+from tests.pipeline import Author, Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack.sh"

@@ -16,7 +16,7 @@ import pytest
 from elasticsearch import AsyncElasticsearch
 
 from blog_testkit import ServiceProcess, Stack, wait_until
-from tests.e2e.conftest import Author, Pipeline
+from tests.pipeline import Author, Pipeline
 
 from .support import (
     committed_by_partition,

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from blog_events import BlogPublished, encode_event, new_envelope
 from blog_testkit import Stack, read_topic, wait_until
-from tests.e2e.conftest import Pipeline
+from tests.pipeline import Pipeline
 
 from .support import dlq_header, metric, post_accepted
 

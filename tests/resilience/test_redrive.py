@@ -16,7 +16,7 @@ from blog_events import BlogPublished, encode_event, new_envelope
 from blog_testkit import Stack, read_topic, wait_until
 from service_kit.consumer import dlq_headers
 from service_kit.redrive import REDRIVEN_FROM_HEADER
-from tests.e2e.conftest import Pipeline
+from tests.pipeline import Pipeline
 
 from .support import metric, post_accepted
 

@@ -1,4 +1,5 @@
-"""The whole system as processes: publisher, counter and indexer started with `python -m`,
+"""The whole system as processes (the `pipeline` fixture, registered in tests/conftest.py):
+publisher, counter and indexer started with `python -m`,
 isolated on a fresh database, topic, consumer groups and index alias."""
 
 from __future__ import annotations

@@ -134,7 +134,9 @@ def stack_command(action: str, component: str) -> None:
     subprocess.run([str(STACK), action, component], check=True, cwd=REPO)
 
 
-async def chaos_run(writes: int, authors: int, concurrency: int, seed: int) -> ChaosReport:
+async def chaos_run(
+    writes: int, authors: int, concurrency: int, seed: int, kills_each: int = 1
+) -> ChaosReport:
     stack = Stack.from_env()
     rng = random.Random(seed)
     report = ChaosReport(kills={"publisher": 0, "counter": 0, "indexer": 0})
@@ -196,10 +198,16 @@ async def chaos_run(writes: int, authors: int, concurrency: int, seed: int) -> C
         load_done = asyncio.Event()
 
         async with httpx.AsyncClient(timeout=15.0) as http:
+            # The fault plan: every service killed `kills_each` times and Kafka stopped once, in
+            # a random order at random moments; after it, random kills until the load is done.
+            plan = [*services] * kills_each + ["kafka"]
+            rng.shuffle(plan)
+            plan_done = asyncio.Event()
 
             async def worker() -> None:
                 nonlocal remaining
-                while remaining > 0:
+                # At least `writes` requests, and the load lasts until the fault plan is done.
+                while remaining > 0 or not plan_done.is_set():
                     remaining -= 1
                     if not await load.one(http, report):
                         # The publisher is down: wait until the chaos task has restarted it.
@@ -211,14 +219,18 @@ async def chaos_run(writes: int, authors: int, concurrency: int, seed: int) -> C
 
             async def chaos() -> None:
                 nonlocal kafka_stopped
-                kafka_at = writes // 2
-                while not load_done.is_set():
+                while True:
                     # Random moments: this is the fault schedule, not synchronisation.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(load_done.wait(), timeout=rng.uniform(0.5, 2.5))
-                    if load_done.is_set():
+                    if plan:
+                        victim = plan.pop()
+                    elif load_done.is_set():
                         break
-                    if report.kafka_restarts == 0 and report.requests_sent >= kafka_at:
+                    else:
+                        plan_done.set()
+                        victim = rng.choice(list(services))
+                    if victim == "kafka":
                         kafka_stopped = True
                         await asyncio.to_thread(stack_command, "stop", "kafka")
                         with contextlib.suppress(TimeoutError):
@@ -227,11 +239,11 @@ async def chaos_run(writes: int, authors: int, concurrency: int, seed: int) -> C
                         kafka_stopped = False
                         report.kafka_restarts += 1
                         continue
-                    victim = rng.choice(list(services))
                     services[victim].kill()
                     await services[victim].wait_exit(10)
                     report.kills[victim] += 1
                     await services[victim].start(timeout=120)
+                plan_done.set()
 
             chaos_task = asyncio.create_task(chaos())
             await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -364,8 +376,11 @@ def main() -> None:
     parser.add_argument("--authors", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--kills-each", type=int, default=3, help="minimum kill -9 of each service")
     args = parser.parse_args()
-    report = asyncio.run(chaos_run(args.writes, args.authors, args.concurrency, args.seed))
+    report = asyncio.run(
+        chaos_run(args.writes, args.authors, args.concurrency, args.seed, args.kills_each)
+    )
     print(json.dumps(asdict(report), indent=2))
     print(
         f"accepted {report.requests_accepted} of {report.requests_sent} writes "

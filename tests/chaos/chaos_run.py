@@ -36,7 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
 from blog_testkit import ServiceProcess, free_port, group_lag, wait_until
-from blog_testkit.plugin import unique_name, with_database
+from blog_testkit.plugin import create_database, drop_database, unique_name
 from publisher.auth import create_author
 from service_kit.kafka_admin import ensure_topics
 
@@ -140,11 +140,8 @@ async def chaos_run(
     stack = Stack.from_env()
     rng = random.Random(seed)
     report = ChaosReport(kills={"publisher": 0, "counter": 0, "indexer": 0})
-    database, topic, prefix = unique_name("chaos_"), unique_name("chaos-"), unique_name("chaos-")
-    admin_db = await asyncpg.connect(stack.postgres_dsn)
-    await admin_db.execute(f'CREATE DATABASE "{database}"')  # generated name, [a-z0-9_]
-    await admin_db.close()
-    database_url = with_database(stack.postgres_dsn, database)
+    topic, prefix = unique_name("chaos-"), unique_name("chaos-")
+    database, database_url = await create_database(stack.postgres_dsn, "chaos_")
     await ensure_topics(stack.kafka, {topic: 6, f"{topic}.dlq": 6})
     alias = f"{prefix}blogs"
     groups = [f"counter-{prefix}", f"indexer-{prefix}"]
@@ -279,9 +276,7 @@ async def chaos_run(
             if found:
                 await es.indices.delete(index=",".join(found))
         await es.close()
-        admin_db = await asyncpg.connect(stack.postgres_dsn)
-        await admin_db.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin_db.close()
+        await drop_database(stack.postgres_dsn, database)
         admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka)
         await admin.start()
         with contextlib.suppress(Exception):

@@ -26,12 +26,12 @@ CHROMIUM = "/usr/bin/chromium"
 
 async def produce_and_commit(bootstrap: str, topic: str, groups: dict[str, int]) -> None:
     """5 records on partition 0; each group commits its offset there and leaves (Empty)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         for _ in range(5):
-            await producer.send(topic, b"{}", partition=0)
-        await producer.flush()
+            # One by one and acknowledged: the lags below are exact only if all 5 are written.
+            await producer.send_and_wait(topic, b"{}", partition=0)
     finally:
         await producer.stop()
     for group, offset in groups.items():

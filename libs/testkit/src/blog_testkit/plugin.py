@@ -18,6 +18,7 @@ from elasticsearch import AsyncElasticsearch
 from blog_testkit import processes
 from blog_testkit.processes import ServiceProcess, free_port
 from blog_testkit.stack import Stack, StackUnavailable, resolve_stack
+from blog_testkit.waiting import wait_until
 from service_kit.kafka_admin import ensure_topics
 
 TEST_TOPIC_PARTITIONS = 6
@@ -50,22 +51,41 @@ def with_database(dsn: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
-@pytest_asyncio.fixture
-async def database_url(stack: Stack) -> AsyncIterator[str]:
-    """A fresh, empty database, dropped after the test (connections still open are cut)."""
-    name = unique_name("test_")
+async def create_database(admin_dsn: str, prefix: str = "test_") -> tuple[str, str]:
+    """Create a fresh, empty database; returns (name, its DSN)."""
+    name = unique_name(prefix)
     # Identifiers cannot be bind parameters; `name` is generated here ([a-z0-9_] only).
-    admin = await asyncpg.connect(stack.postgres_dsn)
+    admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield with_database(stack.postgres_dsn, name)
-    admin = await asyncpg.connect(stack.postgres_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    return name, with_database(admin_dsn, name)
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    """Drop it, cutting connections still open. A superuser process on it (an autovacuum
+    worker) cannot be cut by the platform's role, so that case is retried until it is gone."""
+
+    async def dropped() -> bool:
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except asyncpg.InsufficientPrivilegeError:
+            return False
+        finally:
+            await admin.close()
+        return True
+
+    await wait_until(dropped, timeout=30, what=f"database {name} dropped", interval=0.5)
+
+
+@pytest_asyncio.fixture
+async def database_url(stack: Stack) -> AsyncIterator[str]:
+    """A fresh, empty database, dropped after the test (connections still open are cut)."""
+    name, url = await create_database(stack.postgres_dsn)
+    yield url
+    await drop_database(stack.postgres_dsn, name)
 
 
 @pytest_asyncio.fixture

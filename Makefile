@@ -44,16 +44,16 @@ run: up ## run the whole system in the foreground (Ctrl-C stops the services)
 
 test: up ## the whole suite (unit, integration, e2e) against the real stack
 	scripts/ensure-chromium.sh
-	$(STACK_ENV); $(PYTEST)
+	$(STACK_ENV); $(PYTEST) $(ARGS)
 
 test-unit: install ## fast tests that need no server
-	$(PYTEST) -m "not integration and not e2e"
+	$(PYTEST) -m "not integration and not e2e" $(ARGS)
 
 test-integration: up ## tests against the real Kafka / PostgreSQL / Elasticsearch
-	$(STACK_ENV); $(PYTEST) -m integration
+	$(STACK_ENV); $(PYTEST) -m integration $(ARGS)
 
 test-e2e: up ## the services as processes, through HTTP, against the real stack
-	$(STACK_ENV); $(PYTEST) -m e2e
+	$(STACK_ENV); $(PYTEST) -m e2e $(ARGS)
 
 lint: install ## ruff + mypy strict + schema drift check
 	$(UV) run --frozen --no-sync ruff check .

@@ -58,7 +58,7 @@ test-e2e: up ## the services as processes, through HTTP, against the real stack
 lint: install ## ruff + mypy strict + schema drift check
 	$(UV) run --frozen --no-sync ruff check .
 	$(UV) run --frozen --no-sync ruff format --check .
-	$(UV) run --frozen --no-sync mypy libs services tests
+	$(UV) run --frozen --no-sync mypy libs services tests bench
 	$(UV) run --frozen --no-sync python -m blog_events.schemas --check
 
 fmt: install ## format and autofix

@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` (python -m bench.run). Nothing here is imported by the services."""

@@ -1,0 +1,506 @@
+"""`make bench` / `python -m bench.run [--size full|small] [--runs 1,2,3,4] [--profile]`.
+
+Five measures, each beside its reference, in one run on one machine:
+  1. POST /blogs of the publisher vs the do-it-now baseline (bench/baseline_app.py):
+     throughput and p50/p99 at fixed closed-loop concurrency levels.
+  2. Counter drain of a pre-loaded backlog vs a bare aiokafka loop (and Kafka's JVM perf tool).
+  3. Indexer drain of the same backlog vs a raw `async_bulk` of the same documents.
+  4. Freshness at a steady POST rate: 202 -> counted, 202 -> searchable, p50/p99.
+  5. Resident memory of each service at the end of runs 2-4.
+Prints one table and writes bench/results/bench.json. Figures are not asserted anywhere: a
+target missed is reported (met? = no), not an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS, StackAddresses, Workspace, create_authors, end_offsets, rss_mb
+from bench.drains import (
+    counter_total,
+    drain_bare,
+    drain_service,
+    indexed_live,
+    kafka_consumer_perf,
+    raw_bulk,
+)
+from bench.events import Backlog, preload
+from bench.loadgen import post_blogs
+from bench.pipeline_latency import measure_freshness
+from bench.profiling import sampled
+
+
+@dataclass(frozen=True)
+class Size:
+    concurrency: tuple[int, ...]
+    load_s: float
+    warmup_s: float
+    load_authors: int
+    events: int
+    authors: int
+    producers: int
+    fresh_rate: float
+    fresh_s: float
+    drain_timeout_s: float
+    # The services' default batch; the references read and write in batches of the same size.
+    max_batch: int = 500
+
+
+SIZES = {
+    "full": Size(
+        concurrency=(1, 16, 64),
+        load_s=15.0,
+        warmup_s=2.0,
+        load_authors=1000,
+        events=1_000_000,
+        authors=50_000,
+        producers=2,
+        fresh_rate=200.0,
+        fresh_s=60.0,
+        drain_timeout_s=1800.0,
+    ),
+    # For working on a figure: the full shapes, a fifth of the volume.
+    "medium": Size(
+        concurrency=(1, 16, 64),
+        load_s=8.0,
+        warmup_s=1.0,
+        load_authors=500,
+        events=200_000,
+        authors=20_000,
+        producers=2,
+        fresh_rate=200.0,
+        fresh_s=20.0,
+        drain_timeout_s=900.0,
+    ),
+    # The CI smoke: checks that every command works and produces its figure, not the figures.
+    "small": Size(
+        concurrency=(8,),
+        load_s=2.0,
+        warmup_s=0.5,
+        load_authors=20,
+        events=2_000,
+        authors=200,
+        producers=2,
+        fresh_rate=20.0,
+        fresh_s=5.0,
+        drain_timeout_s=120.0,
+    ),
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- the runs --------------------------------------------------------------------------------
+
+
+async def run_post(stack: StackAddresses, size: Size, profile: bool) -> dict[str, Any]:
+    """Run 1: each app on its own fresh database (and index), one after the other."""
+    results: dict[str, list[dict[str, Any]]] = {"publisher": [], "baseline": []}
+    for name, expect in (("publisher", 202), ("baseline", 201)):
+        async with Workspace(stack) as ws:
+            app = ws.publisher() if name == "publisher" else ws.baseline()
+            await app.start()
+            tokens = [a.token for a in await create_authors(ws.database_url, size.load_authors)]
+            for concurrency in size.concurrency:
+                log(f"run 1: {name} POST /blogs, {concurrency} concurrent, {size.load_s:g}s")
+                top = concurrency == max(size.concurrency)
+                async with sampled(
+                    app.pid,
+                    f"{name}-post-c{concurrency}",
+                    profile and top,
+                    ("publish_blog", "create", "author_for_token", "relay"),
+                ) as prof:
+                    load = await post_blogs(
+                        app.url,
+                        tokens,
+                        concurrency=concurrency,
+                        duration_s=size.load_s,
+                        warmup_s=size.warmup_s,
+                        expect_status=expect,
+                    )
+                results[name].append({**load.as_dict(), "rss_mb": rss_mb(app.pid), **prof})
+            await app.terminate()
+    return results
+
+
+async def run_drains(stack: StackAddresses, size: Size, profile: bool) -> dict[str, Any]:
+    """Runs 2 and 3 on one pre-loaded topic; each consumer reads it with its own group."""
+    async with Workspace(stack) as ws:
+        backlog = Backlog(size.events, seed=7, authors=size.authors, workers=size.producers)
+        log(f"pre-loading {size.events:,} events ({size.authors:,} authors) into {ws.topic}")
+        started = time.monotonic()
+        stats = await preload(stack.kafka, ws.topic, backlog)
+        preload_s = time.monotonic() - started
+        ends = await end_offsets(stack.kafka, ws.topic, ws.partitions)
+        if sum(ends.values()) != size.events:
+            raise RuntimeError(f"topic holds {sum(ends.values())} events, {size.events} written")
+        out: dict[str, Any] = {
+            "backlog": {
+                **asdict(stats),
+                "live": stats.live,
+                "partitions": len(ends),
+                "preload_s": round(preload_s, 1),
+            },
+        }
+        timeout = size.drain_timeout_s
+        log("run 2: bare aiokafka loop")
+        out["bare_loop"] = await drain_bare(
+            ws, ends, max_batch=size.max_batch, decode=False, timeout_s=timeout
+        )
+        log("run 2: bare aiokafka loop + decode_event")
+        out["bare_loop_decode"] = await drain_bare(
+            ws, ends, max_batch=size.max_batch, decode=True, timeout_s=timeout
+        )
+        log("run 2: Kafka ConsumerPerformance (JVM)")
+        out["kafka_consumer_perf"] = await kafka_consumer_perf(ws, size.events)
+        log("run 2: counter drain")
+        out["counter"] = await drain_service(
+            ws, "counter", ends, max_batch=size.max_batch, timeout_s=timeout, profile=profile
+        )
+        out["counter"]["check"] = {
+            "expected_total_blogs": stats.live,
+            "total_blogs": await counter_total(ws.database_url),
+        }
+        log("run 3: raw async_bulk")
+        out["raw_bulk"] = await raw_bulk(ws, backlog, chunk=size.max_batch)
+        log("run 3: indexer drain")
+        out["indexer"] = await drain_service(
+            ws, "indexer", ends, max_batch=size.max_batch, timeout_s=timeout, profile=profile
+        )
+        out["indexer"]["check"] = {
+            "expected_live_documents": stats.live,
+            "live_documents": await indexed_live(stack.es_url, ws.alias),
+        }
+    return out
+
+
+async def run_freshness(stack: StackAddresses, size: Size, profile: bool) -> dict[str, Any]:
+    async with Workspace(stack) as ws:
+        counter, indexer = (
+            ws.counter(max_batch=size.max_batch),
+            ws.indexer(max_batch=size.max_batch),
+        )
+        publisher = ws.publisher(status_groups=[ws.group("counter"), ws.group("indexer")])
+        await asyncio.gather(publisher.start(), counter.start(), indexer.start())
+        posts = round(size.fresh_rate * size.fresh_s)
+        log(f"run 4: freshness, {posts} POSTs at {size.fresh_rate:g}/s")
+        async with (
+            sampled(counter.pid, "counter-freshness", profile) as counter_prof,
+            sampled(indexer.pid, "indexer-freshness", profile) as indexer_prof,
+        ):
+            result = await measure_freshness(
+                publisher_url=publisher.url,
+                database_url=ws.database_url,
+                es_url=stack.es_url,
+                alias=ws.alias,
+                posts=posts,
+                rate=size.fresh_rate,
+                probe_ms=20,
+                deadline_s=size.fresh_s + 120,
+            )
+        result["rss_mb"] = {s.name: rss_mb(s.pid) for s in (publisher, counter, indexer)}
+        result["profiles"] = {"counter": counter_prof, "indexer": indexer_prof}
+    return result
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    measure: str
+    ours: float | None
+    reference: float | None
+    unit: str
+    target: str  # human-readable
+    met: bool | None  # None: no target (context only)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.ours is None or self.reference in (None, 0) or math.isnan(self.ours):
+            return None
+        assert self.reference is not None
+        return self.ours / self.reference
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+
+
+def _ok(results: dict[str, Any], key: str) -> Any:
+    return None if key in results.get("failed", {}) else results.get(key)
+
+
+def build_rows(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    post = _ok(results, "post")
+    if post:
+        for ours, ref in zip(post["publisher"], post["baseline"], strict=True):
+            c = ours["concurrency"]
+            ratio_tp = (
+                ours["throughput_per_s"] / ref["throughput_per_s"]
+                if ref["throughput_per_s"]
+                else None
+            )
+            rows.append(
+                Row(
+                    f"POST throughput, c={c}",
+                    ours["throughput_per_s"],
+                    ref["throughput_per_s"],
+                    "req/s",
+                    ">= 3x",
+                    ratio_tp is not None and ratio_tp >= 3,
+                )
+            )
+            rows.append(
+                Row(
+                    f"POST p50, c={c}",
+                    ours["latency"]["p50_ms"],
+                    ref["latency"]["p50_ms"],
+                    "ms",
+                    "-",
+                    None,
+                )
+            )
+            p99, ref_p99 = ours["latency"]["p99_ms"], ref["latency"]["p99_ms"]
+            rows.append(
+                Row(
+                    f"POST p99, c={c}",
+                    p99,
+                    ref_p99,
+                    "ms",
+                    "<= 0.2x",
+                    bool(ref_p99) and p99 / ref_p99 <= 0.2,
+                )
+            )
+    drains = _ok(results, "drains")
+    if drains:
+        bare = drains["bare_loop"]["events_per_s"]
+        counter = drains["counter"]["events_per_s"]
+        rows.append(
+            Row(
+                "counter drain (vs bare aiokafka loop)",
+                counter,
+                bare,
+                "events/s",
+                ">= 0.5x",
+                counter / bare >= 0.5,
+            )
+        )
+        rows.append(
+            Row(
+                "  bare loop + decode_event (vs bare loop)",
+                drains["bare_loop_decode"]["events_per_s"],
+                bare,
+                "events/s",
+                "-",
+                None,
+            )
+        )
+        rows.append(
+            Row(
+                "  counter (vs Kafka ConsumerPerformance, JVM)",
+                counter,
+                drains["kafka_consumer_perf"]["events_per_s"],
+                "events/s",
+                "-",
+                None,
+            )
+        )
+        indexer, raw = drains["indexer"]["events_per_s"], drains["raw_bulk"]["events_per_s"]
+        rows.append(
+            Row(
+                "indexer drain (vs raw async_bulk)",
+                indexer,
+                raw,
+                "events/s",
+                ">= 0.8x",
+                indexer / raw >= 0.8,
+            )
+        )
+    fresh = _ok(results, "freshness")
+    if fresh:
+        # Validity of the figures below: the open-loop sender must have kept the rate.
+        sent, wanted = fresh["sent_rate_per_s"], fresh["rate_per_s"]
+        rows.append(
+            Row(
+                "freshness: POST rate sent",
+                sent,
+                wanted,
+                "req/s",
+                ">= 0.95x",
+                sent >= 0.95 * wanted,
+            )
+        )
+        for key, label, limit in (
+            ("post_to_counted", "counted", 1000.0),
+            ("post_to_searchable", "searchable", 2000.0),
+        ):
+            rows.append(Row(f"202 -> {label} p50", fresh[key]["p50_ms"], None, "ms", "-", None))
+            p99 = fresh[key]["p99_ms"]
+            rows.append(
+                Row(
+                    f"202 -> {label} p99",
+                    p99,
+                    None,
+                    "ms",
+                    f"< {limit:,.0f} ms",
+                    not math.isnan(p99) and p99 < limit,
+                )
+            )
+    memory = results.get("memory")
+    if memory:
+        for service, mb in memory.items():
+            rows.append(
+                Row(
+                    f"RSS {service} (end of runs 2-4)",
+                    mb,
+                    None,
+                    "MB",
+                    "< 150 MB",
+                    None if mb is None else mb < 150,
+                )
+            )
+    return rows
+
+
+def memory_at_end(results: dict[str, Any]) -> dict[str, float | None]:
+    """The largest RSS each service had at the end of runs 2-4."""
+    seen: dict[str, list[float]] = {"publisher": [], "counter": [], "indexer": []}
+    drains, fresh = _ok(results, "drains") or {}, _ok(results, "freshness") or {}
+    for service in ("counter", "indexer"):
+        if drains.get(service, {}).get("rss_mb") is not None:
+            seen[service].append(drains[service]["rss_mb"])
+    for service, mb in (fresh.get("rss_mb") or {}).items():
+        if mb is not None:
+            seen[service].append(mb)
+    return {service: max(values) if values else None for service, values in seen.items()}
+
+
+def render(rows: list[Row]) -> str:
+    header = ("measure", "ours", "reference", "ratio", "target", "met?")
+    cells = [header] + [
+        (
+            f"{row.measure} [{row.unit}]",
+            _fmt(row.ours),
+            _fmt(row.reference),
+            f"{row.ratio:.2f}x" if row.ratio is not None else "-",
+            row.target,
+            "-" if row.met is None else ("yes" if row.met else "NO"),
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    lines = [
+        " | ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in cells
+    ]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+async def measure(size_name: str, size: Size, runs: set[int], profile: bool) -> dict[str, Any]:
+    stack = StackAddresses.from_env()
+    results: dict[str, Any] = {
+        "size": size_name,
+        "parameters": asdict(size),
+        "started_at": datetime.now(UTC).isoformat(),
+        "machine_at_start": machine(),
+    }
+    selected = (
+        ("post", run_post, 1 in runs),
+        ("drains", run_drains, bool(runs & {2, 3})),
+        ("freshness", run_freshness, 4 in runs),
+    )
+    for key, run, wanted in selected:
+        if not wanted:
+            continue
+        try:
+            results[key] = await run(stack, size, profile)
+        except Exception as exc:
+            # One run failing (say, the stack restarted under it) must not lose the others.
+            log(f"{key} FAILED: {exc!r}")
+            results.setdefault("failed", {})[key] = repr(exc)
+    if runs & {2, 3, 4}:
+        results["memory"] = memory_at_end(results)
+    results["machine_at_end"] = machine()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument(
+        "--runs",
+        default="1,2,3,4",
+        help="comma-separated subset of 1,2,3,4 (run 5, memory, comes from runs 2-4)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the services with py-spy (bench/results/profiles/)",
+    )
+    parser.add_argument(
+        "--max-batch", type=int, help="consumer batch of the services and the references"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
+    args = parser.parse_args()
+    runs = {int(r) for r in args.runs.split(",") if r.strip()}
+    size = SIZES[args.size]
+    if args.max_batch:
+        size = replace(size, max_batch=args.max_batch)
+    results = asyncio.run(measure(args.size, size, runs, args.profile))
+    rows = build_rows(results)
+    results["table"] = [{**asdict(row), "ratio": row.ratio} for row in rows]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print()
+    print(render(rows))
+    print()
+    post = _ok(results, "post")
+    if post:
+        errors = {name: sum(level["errors"] for level in levels) for name, levels in post.items()}
+        print(f"POST answers other than 202/201 (or connection errors): {errors}")
+    drains = _ok(results, "drains")
+    if drains:
+        counter, indexer = drains["counter"]["check"], drains["indexer"]["check"]
+        print(f"exactly-once checks: counter {counter}, indexer {indexer}")
+    fresh = _ok(results, "freshness")
+    if fresh:
+        print(
+            f"freshness: sent at {fresh['sent_rate_per_s']}/s, {fresh['errors']} errors, "
+            f"never counted {fresh['not_counted']}, never searchable {fresh['not_searchable']}"
+        )
+    print(f"written to {args.out}")
+    if results.get("failed"):
+        raise SystemExit(f"runs failed: {results['failed']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,7 @@ stop() {
   wait "${pids[@]}" 2>/dev/null || true
   echo "[run] stopped"
 }
-trap stop INT TERM
+trap 'stop; exit 0' INT TERM
 
 for svc in publisher counter indexer lagmon; do
   # Each service's output is prefixed with its name; exec keeps the pid the service's own.

@@ -14,6 +14,10 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="$REPO_ROOT/deploy/local"
 # shellcheck source=stack.conf
 . "$HERE/stack.conf"
+case "$STATE_DIR" in /*) ;; *) STATE_DIR="$PWD/$STATE_DIR" ;; esac
+# Every path is absolute from here on; `/` is a working directory the unprivileged server users
+# can enter (a checkout under /root is not, and psql/pg_ctl warn about it).
+cd /
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }

@@ -8,6 +8,12 @@ backoff and full jitter while it raises -> commit `last offset + 1` of every par
 batch. The batch in hand is processed and committed under a lock that the rebalance listener
 also takes, so a revoked partition is never committed by two owners nor skipped. `stop()` lets the
 batch in hand finish and commit (it only cuts a retry backoff short), then leaves the group.
+
+While the handler of batch N runs (waiting on its database), the next batch is polled and decoded
+(at most one batch ahead), so the loop does not idle on I/O; handler calls and commits stay
+strictly sequential and in order. A batch read ahead is dropped (not handled, not committed) if
+a rebalance happened since its poll or the consumer is stopping: its records are delivered again
+from the last commit.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ log = logging.getLogger(__name__)
 DLQ_REASON_MAX_BYTES = 1000
 DLQ_HEADER_PREFIX = "dlq-"
 CRASH_EXIT_CODE = 137  # what a SIGKILL looks like to a supervisor
+# Records decoded between two yields to the event loop while reading ahead (~0.5 ms of CPU).
+DECODE_SLICE = 50
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,41 @@ def dlq_headers(
     ]
 
 
+@dataclass
+class _PolledBatch:
+    """A polled batch, decoded, with the rebalance generation it was polled in."""
+
+    generation: int
+    polled_at: float
+    records: list[ConsumerRecord[Any, Any]]
+    events: list[ConsumedEvent]
+    undecodable: list[tuple[ConsumerRecord[Any, Any], str]]
+
+
+def decode_records(
+    records: Sequence[ConsumerRecord[Any, Any]],
+) -> tuple[list[ConsumedEvent], list[tuple[ConsumerRecord[Any, Any], str]]]:
+    """The decodable records as events, and the others with the reason they failed."""
+    events: list[ConsumedEvent] = []
+    undecodable: list[tuple[ConsumerRecord[Any, Any], str]] = []
+    for record in records:
+        try:
+            envelope = decode_event(record.value)
+        except EventDecodeError as exc:
+            undecodable.append((record, str(exc)))
+        else:
+            events.append(
+                ConsumedEvent(
+                    envelope=envelope,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    timestamp_ms=record.timestamp,
+                )
+            )
+    return events, undecodable
+
+
 def commit_offsets(
     records: Sequence[ConsumerRecord[Any, Any]],
 ) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -208,6 +251,8 @@ class BatchConsumer:
         # Held around process + commit of one batch; the rebalance listener takes it too.
         self._batch_lock = asyncio.Lock()
         self._revoke_pending = False
+        # Bumped at every revoke: a batch read ahead in an older generation is stale.
+        self._generation = 0
         self._handler_failing = False
         self._effect_batches = 0
 
@@ -261,19 +306,54 @@ class BatchConsumer:
         await self.start()
         assert self._consumer is not None
         self._running = True
+        ahead: asyncio.Task[_PolledBatch | None] | None = None
         try:
             while not self._stopping.is_set():
-                batches = await self._consumer.getmany(
-                    timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
-                )
-                records = [record for partition in batches.values() for record in partition]
-                if not records:
+                polled = await (ahead if ahead is not None else self._poll())
+                ahead = None
+                if polled is None:
                     continue
+                if polled.generation != self._generation or self._stopping.is_set():
+                    continue  # stale or stopping: redelivered from the last commit
+                # Read the next batch while this one is handled (at most one ahead).
+                ahead = asyncio.create_task(self._poll(), name=f"{self.config.group_id}-poll")
                 async with self._batch_lock:
-                    await self._process_batch(records)
+                    await self._process_batch(polled)
         finally:
             self._running = False
+            if ahead is not None:
+                # Its records are not handled: they are delivered again from the last commit.
+                ahead.cancel()
+                try:
+                    await ahead
+                except asyncio.CancelledError:
+                    pass
+                except Exception as exc:
+                    log.warning("group %s: poll ahead failed: %r", self.config.group_id, exc)
             await self._close()
+
+    async def _poll(self) -> _PolledBatch | None:
+        assert self._consumer is not None
+        batches = await self._consumer.getmany(
+            timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
+        )
+        generation = self._generation
+        records = [record for partition in batches.values() for record in partition]
+        if not records:
+            return None
+        events: list[ConsumedEvent] = []
+        undecodable: list[tuple[ConsumerRecord[Any, Any], str]] = []
+        # Decoded in slices with a yield between them: the handler of the batch in hand then
+        # resumes as soon as its database answers, instead of waiting for the whole decode.
+        for start in range(0, len(records), DECODE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            sliced_events, sliced_undecodable = decode_records(
+                records[start : start + DECODE_SLICE]
+            )
+            events += sliced_events
+            undecodable += sliced_undecodable
+        return _PolledBatch(generation, time.monotonic(), records, events, undecodable)
 
     async def stop(self) -> None:
         """Finish and commit the batch in hand, then leave the group and close the clients."""
@@ -306,6 +386,7 @@ class BatchConsumer:
         # Tell a retrying batch to give up (its effect is not durable, so it is not committed
         # and the next owner gets it again), then wait until the batch in hand is done.
         self._revoke_pending = True
+        self._generation += 1
         try:
             async with self._batch_lock:
                 log.info(
@@ -316,36 +397,29 @@ class BatchConsumer:
         finally:
             self._revoke_pending = False
 
-    async def _process_batch(self, records: list[ConsumerRecord[Any, Any]]) -> None:
+    async def _process_batch(self, polled: _PolledBatch) -> None:
         assert self._consumer is not None
         group = self.config.group_id
-        started = time.monotonic()
+        started = polled.polled_at
         # A rebalance may have happened between the poll and taking the lock: records of
         # partitions we no longer own belong to the new owner, which reads them from the
         # last commit.
         owned = self._consumer.assignment()
-        records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
+        if polled.generation != self._generation:
+            return
+
+        def is_owned(record: ConsumerRecord[Any, Any]) -> bool:
+            return TopicPartition(record.topic, record.partition) in owned
+
+        records = [r for r in polled.records if is_owned(r)]
         if not records:
             return
         self._metrics.batch_size.labels(group=group).observe(len(records))
-
-        events: list[ConsumedEvent] = []
-        undecodable: list[tuple[ConsumerRecord[Any, Any], str]] = []
-        for record in records:
-            try:
-                envelope = decode_event(record.value)
-            except EventDecodeError as exc:
-                undecodable.append((record, str(exc)))
-            else:
-                events.append(
-                    ConsumedEvent(
-                        envelope=envelope,
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                        timestamp_ms=record.timestamp,
-                    )
-                )
+        if len(records) == len(polled.records):
+            events, undecodable = polled.events, list(polled.undecodable)
+        else:
+            events = [e for e in polled.events if TopicPartition(e.topic, e.partition) in owned]
+            undecodable = [(r, why) for r, why in polled.undecodable if is_owned(r)]
 
         attempt = 0
         while True:

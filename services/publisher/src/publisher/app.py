@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from publisher.auth import bearer_token
+from publisher.auth import DbConnection, author_for_token, bearer_token
 from publisher.kafka_status import KafkaStatus
 from publisher.metrics import PublisherMetrics
 from publisher.middleware import (
@@ -86,12 +86,25 @@ class Runtime:
     write_limiter: TokenBucketLimiter | None
 
 
-def runtime(request: Request) -> Runtime:
+# `async def`: a sync dependency would run in the thread pool, a thread hop on every request.
+async def runtime(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt
 
 
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
+
+
+async def write_connection(rt: RuntimeDep) -> AsyncIterator[DbConnection]:
+    """One pool connection per write request, shared by the token lookup and the write, so a
+    request waits for the pool once, not twice."""
+    async with rt.store.connection() as conn:
+        yield conn
+
+
+# scope="function": the connection returns to the pool when the route returns, not after the
+# response has been sent.
+ConnectionDep = Annotated[DbConnection, Depends(write_connection, scope="function")]
 
 
 # auto_error=False: a missing or non-Bearer header gets our 401 (FastAPI's own is a 403).
@@ -101,10 +114,11 @@ bearer_scheme = HTTPBearer(auto_error=False, description="An API token of the au
 async def current_author(
     rt: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    conn: ConnectionDep,
 ) -> uuid.UUID:
     """The author identified by the bearer token: the only source of identity."""
     token = bearer_token(f"Bearer {credentials.credentials}") if credentials else None
-    author_id = await rt.store.author_for_token(token) if token else None
+    author_id = await author_for_token(conn, token) if token else None
     if author_id is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -135,6 +149,13 @@ async def writing_author(rt: RuntimeDep, author_id: AuthorDep) -> uuid.UUID:
 
 
 WriterDep = Annotated[uuid.UUID, Depends(writing_author)]
+
+
+async def keep_session(_conn: asyncpg.Connection) -> None:
+    """The pool's reset on release, a no-op: asyncpg's default runs one more round trip per
+    release (`RESET ALL; UNLISTEN *; ...`). Pool connections never change session state (no SET,
+    LISTEN, advisory lock or cursor: the relay has its own connection), and asyncpg still rolls
+    back a transaction left open before calling this."""
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
@@ -197,6 +218,7 @@ def create_app(settings: PublisherSettings) -> FastAPI:
             max_size=settings.db_pool_max_size,
             timeout=settings.db_timeout_s,
             command_timeout=settings.db_timeout_s * 2,
+            reset=keep_session,
         )
         kafka = KafkaStatus(settings.kafka_bootstrap_servers, settings.kafka_request_timeout_ms)
         relay = OutboxRelay(settings, metrics) if settings.relay_enabled else None
@@ -278,9 +300,13 @@ def create_app(settings: PublisherSettings) -> FastAPI:
         responses=error_responses(*WRITE_ERRORS),
     )
     async def publish_blog(
-        draft: BlogDraft, author_id: WriterDep, rt: RuntimeDep, response: Response
+        draft: BlogDraft,
+        author_id: WriterDep,
+        rt: RuntimeDep,
+        conn: ConnectionDep,
+        response: Response,
     ) -> WriteAccepted:
-        blog = await rt.store.create(author_id, draft)
+        blog = await rt.store.create(conn, author_id, draft)
         return accepted(blog, response)
 
     @app.put(
@@ -294,10 +320,11 @@ def create_app(settings: PublisherSettings) -> FastAPI:
         draft: BlogDraft,
         author_id: WriterDep,
         rt: RuntimeDep,
+        conn: ConnectionDep,
         response: Response,
     ) -> WriteAccepted:
         try:
-            blog = await rt.store.replace(blog_id, author_id, draft)
+            blog = await rt.store.replace(conn, blog_id, author_id, draft)
         except BlogNotFoundError:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "blog not found") from None
         except NotBlogAuthorError:
@@ -311,10 +338,14 @@ def create_app(settings: PublisherSettings) -> FastAPI:
         responses=error_responses(*WRITE_ERRORS, 403, 404),
     )
     async def delete_blog(
-        blog_id: uuid.UUID, author_id: WriterDep, rt: RuntimeDep, response: Response
+        blog_id: uuid.UUID,
+        author_id: WriterDep,
+        rt: RuntimeDep,
+        conn: ConnectionDep,
+        response: Response,
     ) -> WriteAccepted:
         try:
-            blog = await rt.store.delete(blog_id, author_id)
+            blog = await rt.store.delete(conn, blog_id, author_id)
         except BlogNotFoundError:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "blog not found") from None
         except NotBlogAuthorError:

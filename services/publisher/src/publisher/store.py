@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+from asyncpg.pool import PoolAcquireContext
 
 from blog_events import (
     BlogDeleted,
@@ -19,7 +20,7 @@ from blog_events import (
     encode_event,
     new_envelope,
 )
-from publisher.auth import DbConnection, author_for_token
+from publisher.auth import DbConnection
 from publisher.models import BlogDraft
 
 
@@ -100,37 +101,61 @@ class BlogStore:
         self._topic = topic
         self._timeout_s = timeout_s
 
-    async def author_for_token(self, token: str) -> uuid.UUID | None:
-        async with self._pool.acquire(timeout=self._timeout_s) as conn:
-            return await author_for_token(conn, token)
+    def connection(self) -> PoolAcquireContext:
+        """A pool connection for one request's statements (`async with store.connection()`)."""
+        return self._pool.acquire(timeout=self._timeout_s)
 
-    async def create(self, author_id: uuid.UUID, draft: BlogDraft) -> Blog:
-        blog_id = uuid.uuid4()
-        async with self._pool.acquire(timeout=self._timeout_s) as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "INSERT INTO publisher.blogs (id, author_id, title, body, tags, version)"
-                " VALUES ($1, $2, $3, $4, $5, 1) RETURNING *",
-                blog_id,
-                author_id,
-                draft.title,
-                draft.body,
-                draft.tags,
-            )
-            blog = Blog.from_row(row)
-            event = BlogPublished(
-                blog_id=blog.id,
-                author_id=blog.author_id,
-                version=blog.version,
-                title=blog.title,
-                body=blog.body,
-                tags=tuple(blog.tags),
-                published_at=blog.created_at,
-            )
-            await self._append_event(conn, event)
+    async def create(self, conn: DbConnection, author_id: uuid.UUID, draft: BlogDraft) -> Blog:
+        # The row's timestamps and the event are made here, so the blog row and its outbox row
+        # go in ONE statement: one round trip, atomic without BEGIN/COMMIT (a statement is its
+        # own transaction; the CTE's insert runs exactly once even though nothing reads it).
+        now = datetime.now(UTC)
+        blog = Blog(
+            id=uuid.uuid4(),
+            author_id=author_id,
+            title=draft.title,
+            body=draft.body,
+            tags=list(draft.tags),
+            version=1,
+            created_at=now,
+            updated_at=now,
+            deleted_at=None,
+        )
+        event = BlogPublished(
+            blog_id=blog.id,
+            author_id=blog.author_id,
+            version=blog.version,
+            title=blog.title,
+            body=blog.body,
+            tags=tuple(blog.tags),
+            published_at=blog.created_at,
+        )
+        envelope = new_envelope(event)
+        await conn.execute(
+            "WITH blog AS ("
+            " INSERT INTO publisher.blogs"
+            " (id, author_id, title, body, tags, version, created_at, updated_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $7))"
+            " INSERT INTO publisher.outbox (event_id, blog_id, version, topic, key, payload)"
+            " VALUES ($8, $1, $6, $9, $10, $11)",
+            blog.id,
+            blog.author_id,
+            blog.title,
+            blog.body,
+            blog.tags,
+            blog.version,
+            blog.created_at,
+            envelope.event_id,
+            self._topic,
+            envelope.key,
+            encode_event(envelope),
+        )
         return blog
 
-    async def replace(self, blog_id: uuid.UUID, author_id: uuid.UUID, draft: BlogDraft) -> Blog:
-        async with self._pool.acquire(timeout=self._timeout_s) as conn, conn.transaction():
+    async def replace(
+        self, conn: DbConnection, blog_id: uuid.UUID, author_id: uuid.UUID, draft: BlogDraft
+    ) -> Blog:
+        async with conn.transaction():
             await self._lock_own_live_blog(conn, blog_id, author_id)
             row = await conn.fetchrow(
                 "UPDATE publisher.blogs SET title = $2, body = $3, tags = $4,"
@@ -155,8 +180,8 @@ class BlogStore:
             await self._append_event(conn, event)
         return blog
 
-    async def delete(self, blog_id: uuid.UUID, author_id: uuid.UUID) -> Blog:
-        async with self._pool.acquire(timeout=self._timeout_s) as conn, conn.transaction():
+    async def delete(self, conn: DbConnection, blog_id: uuid.UUID, author_id: uuid.UUID) -> Blog:
+        async with conn.transaction():
             await self._lock_own_live_blog(conn, blog_id, author_id)
             row = await conn.fetchrow(
                 "UPDATE publisher.blogs SET version = version + 1, deleted_at = now(),"

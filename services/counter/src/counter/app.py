@@ -19,14 +19,12 @@ from pydantic import BaseModel
 from counter import repository
 from counter.counting import fold_newest_per_blog
 from counter.settings import Settings
-from service_kit.consumer import BatchConsumer, ConsumedEvent, ConsumerConfig, ConsumerMetrics
-from service_kit.kafka_admin import ensure_topics
+from service_kit.background import BackgroundConsumer, consuming
+from service_kit.consumer import ConsumedEvent, ConsumerConfig, ConsumerMetrics
 from service_kit.migrations import apply_migrations
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SCHEMA = "counter"
-# How long shutdown waits for the consumer to finish its batch and commit before cancelling it.
-CONSUMER_STOP_TIMEOUT_S = 20.0
 
 log = logging.getLogger(__name__)
 
@@ -62,41 +60,15 @@ class CountingHandler:
 @dataclass
 class Runtime:
     pool: asyncpg.Pool
-    consumer: BatchConsumer | None = None
-    consumer_task: asyncio.Task[None] | None = None
+    consumer: BackgroundConsumer | None = None  # None: consumption disabled, API only
 
     @property
     def consumer_healthy(self) -> bool:
-        if self.consumer is None:
-            return True  # consumer disabled: nothing to be unhealthy
-        task_alive = self.consumer_task is not None and not self.consumer_task.done()
-        return task_alive and self.consumer.healthy
+        return self.consumer is None or self.consumer.healthy
 
 
 async def migrate(settings: Settings) -> list[str]:
     return await apply_migrations(settings.database_url, SCHEMA, MIGRATIONS_DIR)
-
-
-def _log_consumer_end(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("consumer stopped by an error", exc_info=task.exception())
-
-
-async def _stop_consumer(runtime: Runtime) -> None:
-    """Let the consumer finish and commit its batch and leave the group; if that hangs (a stuck
-    handler), cancel it: the uncommitted batch is redelivered and its effect is idempotent."""
-    consumer, task = runtime.consumer, runtime.consumer_task
-    if consumer is None:
-        return
-    try:
-        await asyncio.wait_for(consumer.stop(), CONSUMER_STOP_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("consumer did not stop within %.0fs; cancelling it", CONSUMER_STOP_TIMEOUT_S)
-        if task is not None:
-            task.cancel()
-    if task is not None:
-        # Waits without re-raising: the task's error, if any, was logged by _log_consumer_end.
-        await asyncio.wait({task}, timeout=CONSUMER_STOP_TIMEOUT_S)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -110,15 +82,9 @@ def create_app(settings: Settings) -> FastAPI:
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
         runtime = Runtime(pool=pool)
         app.state.runtime = runtime
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(pool.close)
             if settings.consumer_enabled:
-                await ensure_topics(
-                    settings.kafka_bootstrap_servers,
-                    {
-                        settings.topic: settings.topic_partitions,
-                        settings.dlq_topic: settings.topic_partitions,
-                    },
-                )
                 config = ConsumerConfig(
                     bootstrap_servers=settings.kafka_bootstrap_servers,
                     topic=settings.topic,
@@ -127,16 +93,15 @@ def create_app(settings: Settings) -> FastAPI:
                     max_batch=settings.max_batch,
                     crash_after_effect_batches=settings.crash_after_effect_batches,
                 )
-                runtime.consumer = BatchConsumer(config, CountingHandler(pool), metrics)
-                await runtime.consumer.start()
-                runtime.consumer_task = asyncio.create_task(
-                    runtime.consumer.run(), name="counter-consumer"
+                runtime.consumer = await stack.enter_async_context(
+                    consuming(
+                        config,
+                        CountingHandler(pool),
+                        metrics,
+                        partitions=settings.topic_partitions,
+                    )
                 )
-                runtime.consumer_task.add_done_callback(_log_consumer_end)
             yield
-        finally:
-            await _stop_consumer(runtime)
-            await pool.close()
 
     app = FastAPI(title="counter", lifespan=lifespan)
 

@@ -27,15 +27,13 @@ from indexer.search import (
     search_response,
 )
 from indexer.settings import IndexerSettings
-from service_kit.consumer import BatchConsumer, ConsumerConfig, ConsumerMetrics
-from service_kit.kafka_admin import ensure_topics
+from service_kit.background import BackgroundConsumer, consuming
+from service_kit.consumer import ConsumerConfig, ConsumerMetrics
 
 log = logging.getLogger(__name__)
 
 # Elasticsearch may still be starting when the service does (compose, a fresh stack).
 ES_STARTUP_TIMEOUT_S = 60.0
-# A consumer that does not finish its batch in hand within this time is cancelled at shutdown.
-CONSUMER_STOP_TIMEOUT_S = 20.0
 
 
 class OrjsonNdjsonSerializer(NdjsonSerializer):
@@ -63,16 +61,11 @@ def elasticsearch_client(url: str) -> AsyncElasticsearch:
 @dataclass
 class Runtime:
     es: AsyncElasticsearch
-    consumer: BatchConsumer | None = None
-    consumer_task: asyncio.Task[None] | None = None
+    consumer: BackgroundConsumer | None = None  # None: consumption disabled, search only
 
     @property
     def consumer_healthy(self) -> bool:
-        if self.consumer is None:
-            return True  # consumption disabled: serving search only
-        if self.consumer_task is None or self.consumer_task.done():
-            return False
-        return self.consumer.healthy
+        return self.consumer is None or self.consumer.healthy
 
 
 async def _ensure_index_when_reachable(es: AsyncElasticsearch, settings: IndexerSettings) -> None:
@@ -91,52 +84,15 @@ async def _ensure_index_when_reachable(es: AsyncElasticsearch, settings: Indexer
             delay = min(delay * 2, 5.0)
 
 
-async def _start_consumer(
-    settings: IndexerSettings, runtime: Runtime, metrics: ConsumerMetrics
-) -> None:
-    await ensure_topics(
-        settings.kafka_bootstrap_servers,
-        {settings.topic: settings.topic_partitions, settings.dlq_topic: settings.topic_partitions},
+def _consumer_config(settings: IndexerSettings) -> ConsumerConfig:
+    return ConsumerConfig(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        topic=settings.topic,
+        group_id=settings.group_id,
+        dlq_topic=settings.dlq_topic,
+        max_batch=settings.max_batch,
+        crash_after_effect_batches=settings.crash_after_effect_batches,
     )
-    consumer = BatchConsumer(
-        ConsumerConfig(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            topic=settings.topic,
-            group_id=settings.group_id,
-            dlq_topic=settings.dlq_topic,
-            max_batch=settings.max_batch,
-            crash_after_effect_batches=settings.crash_after_effect_batches,
-        ),
-        make_batch_handler(runtime.es, settings.index_alias),
-        metrics,
-    )
-    await consumer.start()
-    runtime.consumer = consumer
-    runtime.consumer_task = asyncio.create_task(consumer.run(), name="indexer-consumer")
-    runtime.consumer_task.add_done_callback(_log_consumer_end)
-
-
-def _log_consumer_end(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("consumer stopped by an error", exc_info=task.exception())
-
-
-async def _stop_consumer(runtime: Runtime) -> None:
-    consumer, task = runtime.consumer, runtime.consumer_task
-    if consumer is None or task is None:
-        return
-    # stop() asks the loop to finish (and commit) the batch in hand; the task then leaves the
-    # group and closes the clients, so wait for the task itself, not only for stop().
-    try:
-        await asyncio.wait_for(consumer.stop(), CONSUMER_STOP_TIMEOUT_S)
-        await asyncio.wait_for(task, CONSUMER_STOP_TIMEOUT_S)
-    except TimeoutError:
-        log.error("consumer did not stop within %.0fs; cancelling it", CONSUMER_STOP_TIMEOUT_S)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-    except Exception:
-        log.exception("consumer ended with an error")
 
 
 def create_app(settings: IndexerSettings) -> FastAPI:
@@ -146,14 +102,19 @@ def create_app(settings: IndexerSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(es=elasticsearch_client(settings.es_url))
         app.state.runtime = runtime
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(runtime.es.close)
             await _ensure_index_when_reachable(runtime.es, settings)
             if consumer_metrics is not None:
-                await _start_consumer(settings, runtime, consumer_metrics)
+                runtime.consumer = await stack.enter_async_context(
+                    consuming(
+                        _consumer_config(settings),
+                        make_batch_handler(runtime.es, settings.index_alias),
+                        consumer_metrics,
+                        partitions=settings.topic_partitions,
+                    )
+                )
             yield
-        finally:
-            await _stop_consumer(runtime)
-            await runtime.es.close()
 
     app = FastAPI(title="indexer", version="0.1.0", lifespan=lifespan)
 

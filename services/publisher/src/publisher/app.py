@@ -293,6 +293,18 @@ def create_app(settings: PublisherSettings) -> FastAPI:
 
     app.add_exception_handler(Exception, internal_error)
 
+    # The store's domain errors, for every route that changes a blog.
+    async def blog_not_found(_request: Request, _exc: Exception) -> Response:
+        return JSONResponse({"detail": "blog not found"}, status_code=status.HTTP_404_NOT_FOUND)
+
+    async def not_the_author(_request: Request, _exc: Exception) -> Response:
+        return JSONResponse(
+            {"detail": "not the blog's author"}, status_code=status.HTTP_403_FORBIDDEN
+        )
+
+    app.add_exception_handler(BlogNotFoundError, blog_not_found)
+    app.add_exception_handler(NotBlogAuthorError, not_the_author)
+
     @app.post(
         "/blogs",
         status_code=status.HTTP_202_ACCEPTED,
@@ -323,12 +335,7 @@ def create_app(settings: PublisherSettings) -> FastAPI:
         conn: ConnectionDep,
         response: Response,
     ) -> WriteAccepted:
-        try:
-            blog = await rt.store.replace(conn, blog_id, author_id, draft)
-        except BlogNotFoundError:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "blog not found") from None
-        except NotBlogAuthorError:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "not the blog's author") from None
+        blog = await rt.store.replace(conn, blog_id, author_id, draft)
         return accepted(blog, response)
 
     @app.delete(
@@ -344,12 +351,7 @@ def create_app(settings: PublisherSettings) -> FastAPI:
         conn: ConnectionDep,
         response: Response,
     ) -> WriteAccepted:
-        try:
-            blog = await rt.store.delete(conn, blog_id, author_id)
-        except BlogNotFoundError:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "blog not found") from None
-        except NotBlogAuthorError:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "not the blog's author") from None
+        blog = await rt.store.delete(conn, blog_id, author_id)
         return accepted(blog, response)
 
     @app.get("/blogs/{blog_id}", response_model=BlogOut, responses=error_responses(404, 503))

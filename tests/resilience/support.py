@@ -73,7 +73,7 @@ class RetryLine:
     delay_s: float
 
 
-RETRY_LINE = re.compile(r"failed \(attempt (\d+)\), retrying in ([0-9.]+)s")
+RETRY_LINE = re.compile(r"failed \(attempt (\d+)(?::[^\n]*?)?\), retrying in ([0-9.]+)s")
 
 
 def retry_lines(log_text: str) -> list[RetryLine]:

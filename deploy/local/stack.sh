@@ -31,6 +31,7 @@ need_root() { [ "$(id -u)" = 0 ] || die "run as root: it creates the '$ES_RUN_US
 resolve_state_dir() {
   if [ -L "$STATE_DIR" ] || [ -d "$STATE_DIR" ]; then
     STATE_DIR="$(readlink -f "$STATE_DIR")"
+    mkdir -p "$STATE_DIR"  # a symlink's target may have been wiped by hand
     return
   fi
   local parent; parent="$(dirname "$STATE_DIR")"
@@ -278,10 +279,12 @@ cmd_down() {
 }
 
 cmd_clean() {
+  # Both the folder and, when .state is a symlink to /var/tmp, the link itself.
+  local link="$STATE_DIR" target
+  target="$(readlink -f "$STATE_DIR" 2>/dev/null || true)"
   cmd_down
-  local target; target="$(readlink -f "$STATE_DIR" 2>/dev/null || true)"
   [ -n "$target" ] && rm -rf "$target"
-  rm -rf "$STATE_DIR"
+  rm -rf "$link"
   log "state wiped"
 }
 

@@ -111,7 +111,9 @@ class TestDocuments:
 class TestBulkOperations:
     def test_one_externally_versioned_index_op_per_blog(self) -> None:
         a, b = uuid.uuid4(), uuid.uuid4()
-        operations = bulk_operations("blogs", [published(a), published(b), updated(a, 2)])
+        operations = bulk_operations(
+            "blogs", fold_latest([published(a), published(b), updated(a, 2)])
+        )
         assert operations[0::2] == [
             {"index": {"_index": "blogs", "_id": str(a), "version": 2, "version_type": "external"}},
             {"index": {"_index": "blogs", "_id": str(b), "version": 1, "version_type": "external"}},
@@ -120,7 +122,7 @@ class TestBulkOperations:
 
     def test_delete_becomes_an_index_op_of_a_tombstone_not_a_delete(self) -> None:
         a = uuid.uuid4()
-        operations = bulk_operations("blogs", [published(a), deleted(a, 2)])
+        operations = bulk_operations("blogs", fold_latest([published(a), deleted(a, 2)]))
         assert operations == [
             {"index": {"_index": "blogs", "_id": str(a), "version": 2, "version_type": "external"}},
             {"blog_id": str(a), "author_id": str(AUTHOR), "version": 2, "deleted": True},

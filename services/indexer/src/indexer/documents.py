@@ -60,10 +60,11 @@ def document_for(event: BlogEventPayload) -> dict[str, Any]:
     }
 
 
-def bulk_operations(index: str, events: Iterable[BlogEventPayload]) -> list[dict[str, Any]]:
-    """The bulk body (action line, document line, ...) for the batch, folded per blog."""
+def bulk_operations(index: str, newest: Iterable[BlogEventPayload]) -> list[dict[str, Any]]:
+    """The bulk body (action line, document line, ...) for events already folded per blog by
+    `fold_latest` (the handler folds once and also counts tombstones from the result)."""
     operations: list[dict[str, Any]] = []
-    for event in fold_latest(events):
+    for event in newest:
         operations.append(
             {
                 "index": {

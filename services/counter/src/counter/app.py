@@ -20,7 +20,7 @@ from counter import repository
 from counter.counting import fold_newest_per_blog
 from counter.settings import Settings
 from service_kit.background import BackgroundConsumer, consuming
-from service_kit.consumer import ConsumedEvent, ConsumerConfig, ConsumerMetrics
+from service_kit.consumer import ConsumedEvent, ConsumerMetrics
 from service_kit.migrations import apply_migrations
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -85,17 +85,9 @@ def create_app(settings: Settings) -> FastAPI:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(pool.close)
             if settings.consumer_enabled:
-                config = ConsumerConfig(
-                    bootstrap_servers=settings.kafka_bootstrap_servers,
-                    topic=settings.topic,
-                    group_id=settings.group_id,
-                    dlq_topic=settings.dlq_topic,
-                    max_batch=settings.max_batch,
-                    crash_after_effect_batches=settings.crash_after_effect_batches,
-                )
                 runtime.consumer = await stack.enter_async_context(
                     consuming(
-                        config,
+                        settings.consumer_config(),
                         CountingHandler(pool),
                         metrics,
                         partitions=settings.topic_partitions,

@@ -28,7 +28,7 @@ from indexer.search import (
 )
 from indexer.settings import IndexerSettings
 from service_kit.background import BackgroundConsumer, consuming
-from service_kit.consumer import ConsumerConfig, ConsumerMetrics
+from service_kit.consumer import ConsumerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +84,6 @@ async def _ensure_index_when_reachable(es: AsyncElasticsearch, settings: Indexer
             delay = min(delay * 2, 5.0)
 
 
-def _consumer_config(settings: IndexerSettings) -> ConsumerConfig:
-    return ConsumerConfig(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        topic=settings.topic,
-        group_id=settings.group_id,
-        dlq_topic=settings.dlq_topic,
-        max_batch=settings.max_batch,
-        crash_after_effect_batches=settings.crash_after_effect_batches,
-    )
-
-
 def create_app(settings: IndexerSettings) -> FastAPI:
     consumer_metrics = ConsumerMetrics() if settings.consumer_enabled else None
 
@@ -108,7 +97,7 @@ def create_app(settings: IndexerSettings) -> FastAPI:
             if consumer_metrics is not None:
                 runtime.consumer = await stack.enter_async_context(
                     consuming(
-                        _consumer_config(settings),
+                        settings.consumer_config(),
                         make_batch_handler(runtime.es, settings.index_alias),
                         consumer_metrics,
                         partitions=settings.topic_partitions,

@@ -184,19 +184,6 @@ def accepted(blog: Blog, response: Response) -> WriteAccepted:
     return WriteAccepted(id=blog.id, version=blog.version, status_url=url)
 
 
-def blog_out(blog: Blog) -> BlogOut:
-    return BlogOut(
-        id=blog.id,
-        author_id=blog.author_id,
-        title=blog.title,
-        body=blog.body,
-        tags=blog.tags,
-        version=blog.version,
-        created_at=blog.created_at,
-        updated_at=blog.updated_at,
-    )
-
-
 def printable(part: object) -> object:
     """A location part as JSON can carry: an unknown field's name may be a lone surrogate."""
     if isinstance(part, str):
@@ -359,7 +346,7 @@ def create_app(settings: PublisherSettings) -> FastAPI:
         blog = await rt.store.get(blog_id)
         if blog is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "blog not found")
-        return blog_out(blog)
+        return BlogOut.model_validate(blog)
 
     @app.get("/blogs", response_model=BlogPage, responses=error_responses(503))
     async def list_blogs(
@@ -384,7 +371,7 @@ def create_app(settings: PublisherSettings) -> FastAPI:
             ) from None
         blogs, next_cursor = await rt.store.list_by_author(author, limit, position)
         return BlogPage(
-            items=[blog_out(b) for b in blogs],
+            items=[BlogOut.model_validate(b) for b in blogs],
             next_cursor=next_cursor.encode() if next_cursor else None,
         )
 

@@ -53,6 +53,9 @@ class WriteAccepted(BaseModel):
 
 
 class BlogOut(BaseModel):
+    # Built straight from the store's `Blog` row (its extra `deleted_at` is left out).
+    model_config = ConfigDict(from_attributes=True)
+
     id: uuid.UUID
     author_id: uuid.UUID
     title: str

@@ -20,13 +20,18 @@ from types import TracebackType
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from elasticsearch import AsyncElasticsearch
 
 from blog_testkit import processes
-from blog_testkit.plugin import unique_name, with_database
+from blog_testkit.plugin import (
+    create_database,
+    create_topic,
+    delete_indices,
+    delete_topic,
+    drop_database,
+    unique_name,
+)
 from blog_testkit.processes import ServiceProcess, free_port
 from publisher.auth import create_author
-from service_kit.kafka_admin import ensure_topics
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -96,14 +101,11 @@ class Workspace:
 
     stack: StackAddresses
     partitions: int = PARTITIONS
-    database: str = field(default_factory=lambda: unique_name("bench_"))
+    database: str = ""  # created on entry
+    database_url: str = ""
     topic: str = field(default_factory=lambda: unique_name("bench-"))
     prefix: str = field(default_factory=lambda: unique_name("bench-"))
     services: list[ServiceProcess] = field(default_factory=list)
-
-    @property
-    def database_url(self) -> str:
-        return with_database(self.stack.postgres_dsn, self.database)
 
     @property
     def alias(self) -> str:
@@ -113,14 +115,8 @@ class Workspace:
         return f"{name}-{self.prefix}"
 
     async def __aenter__(self) -> Workspace:
-        admin = await asyncpg.connect(self.stack.postgres_dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{self.database}"')  # generated, [a-z0-9_]
-        finally:
-            await admin.close()
-        await ensure_topics(
-            self.stack.kafka, {self.topic: self.partitions, f"{self.topic}.dlq": self.partitions}
-        )
+        self.database, self.database_url = await create_database(self.stack.postgres_dsn, "bench_")
+        await create_topic(self.stack.kafka, self.topic, self.partitions)
         processes.artifacts_dir = RESULTS / "logs"
         return self
 
@@ -133,26 +129,11 @@ class Workspace:
         for service in self.services:
             with contextlib.suppress(Exception):
                 await service.terminate()
-        es = AsyncElasticsearch(self.stack.es_url)
         with contextlib.suppress(Exception):
-            found = await es.indices.get(
-                index=f"{self.prefix}*", expand_wildcards="all", allow_no_indices=True
-            )
-            if found:
-                await es.indices.delete(index=",".join(found), ignore_unavailable=True)
-        await es.close()
+            await delete_indices(self.stack.es_url, self.prefix)
         with contextlib.suppress(Exception):
-            admin = await asyncpg.connect(self.stack.postgres_dsn)
-            try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-            finally:
-                await admin.close()
-        kafka_admin = AIOKafkaAdminClient(bootstrap_servers=self.stack.kafka)
-        with contextlib.suppress(Exception):
-            await kafka_admin.start()
-            await kafka_admin.delete_topics([self.topic, f"{self.topic}.dlq"])
-        with contextlib.suppress(Exception):
-            await kafka_admin.close()
+            await drop_database(self.stack.postgres_dsn, self.database)
+        await delete_topic(self.stack.kafka, self.topic)
 
     def _service(self, name: str, module: str, env: Mapping[str, str]) -> ServiceProcess:
         port = free_port()

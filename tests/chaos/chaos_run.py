@@ -32,13 +32,18 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
 from blog_testkit import ServiceProcess, free_port, group_lag, wait_until
-from blog_testkit.plugin import create_database, drop_database, unique_name
+from blog_testkit.plugin import (
+    create_database,
+    create_topic,
+    delete_indices,
+    delete_topic,
+    drop_database,
+    unique_name,
+)
 from publisher.auth import create_author
-from service_kit.kafka_admin import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "local" / "stack.sh"
@@ -142,7 +147,7 @@ async def chaos_run(
     report = ChaosReport(kills={"publisher": 0, "counter": 0, "indexer": 0})
     topic, prefix = unique_name("chaos-"), unique_name("chaos-")
     database, database_url = await create_database(stack.postgres_dsn, "chaos_")
-    await ensure_topics(stack.kafka, {topic: 6, f"{topic}.dlq": 6})
+    await create_topic(stack.kafka, topic)
     alias = f"{prefix}blogs"
     groups = [f"counter-{prefix}", f"indexer-{prefix}"]
     services = {
@@ -271,17 +276,11 @@ async def chaos_run(
             with contextlib.suppress(Exception):
                 await service.terminate()
         await db.close()
-        with contextlib.suppress(Exception):
-            found = await es.indices.get(index=f"{prefix}*", allow_no_indices=True)
-            if found:
-                await es.indices.delete(index=",".join(found))
         await es.close()
-        await drop_database(stack.postgres_dsn, database)
-        admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka)
-        await admin.start()
         with contextlib.suppress(Exception):
-            await admin.delete_topics([topic, f"{topic}.dlq"])
-        await admin.close()
+            await delete_indices(stack.es_url, prefix)
+        await drop_database(stack.postgres_dsn, database)
+        await delete_topic(stack.kafka, topic)
     return report
 
 

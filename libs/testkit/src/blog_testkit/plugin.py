@@ -88,31 +88,24 @@ async def database_url(stack: Stack) -> AsyncIterator[str]:
     await drop_database(stack.postgres_dsn, name)
 
 
-@pytest_asyncio.fixture
-async def topic(stack: Stack) -> AsyncIterator[str]:
-    """A fresh topic with 6 partitions plus its `<topic>.dlq`, deleted after the test.
-    Derive consumer group ids from it so tests never share groups either."""
-    name = unique_name("test-")
-    dlq = f"{name}.dlq"
-    await ensure_topics(
-        stack.kafka_bootstrap, {name: TEST_TOPIC_PARTITIONS, dlq: TEST_TOPIC_PARTITIONS}
-    )
-    yield name
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    try:
-        with contextlib.suppress(Exception):  # cleanup only: a leftover topic harms no test
-            await admin.delete_topics([name, dlq])
-    finally:
+async def create_topic(bootstrap: str, name: str, partitions: int = TEST_TOPIC_PARTITIONS) -> None:
+    """The topic and its `<name>.dlq`."""
+    await ensure_topics(bootstrap, {name: partitions, f"{name}.dlq": partitions})
+
+
+async def delete_topic(bootstrap: str, name: str) -> None:
+    """The topic and its `<name>.dlq`; cleanup only, so a failure is ignored."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    with contextlib.suppress(Exception):  # a leftover topic harms no later run
+        await admin.start()
+        await admin.delete_topics([name, f"{name}.dlq"])
+    with contextlib.suppress(Exception):
         await admin.close()
 
 
-@pytest_asyncio.fixture
-async def es_prefix(stack: Stack) -> AsyncIterator[str]:
-    """A fresh lowercase prefix; every index `<prefix>*` is deleted after the test."""
-    prefix = unique_name("test-")
-    yield prefix
-    client = AsyncElasticsearch(stack.es_url)
+async def delete_indices(es_url: str, prefix: str) -> None:
+    """Every index named `<prefix>*`."""
+    client = AsyncElasticsearch(es_url)
     try:
         # Wildcard deletes are refused by default (action.destructive_requires_name), so
         # resolve the names first.
@@ -123,6 +116,24 @@ async def es_prefix(stack: Stack) -> AsyncIterator[str]:
             await client.indices.delete(index=",".join(found), ignore_unavailable=True)
     finally:
         await client.close()
+
+
+@pytest_asyncio.fixture
+async def topic(stack: Stack) -> AsyncIterator[str]:
+    """A fresh topic with 6 partitions plus its `<topic>.dlq`, deleted after the test.
+    Derive consumer group ids from it so tests never share groups either."""
+    name = unique_name("test-")
+    await create_topic(stack.kafka_bootstrap, name)
+    yield name
+    await delete_topic(stack.kafka_bootstrap, name)
+
+
+@pytest_asyncio.fixture
+async def es_prefix(stack: Stack) -> AsyncIterator[str]:
+    """A fresh lowercase prefix; every index `<prefix>*` is deleted after the test."""
+    prefix = unique_name("test-")
+    yield prefix
+    await delete_indices(stack.es_url, prefix)
 
 
 @pytest_asyncio.fixture

@@ -7,6 +7,8 @@ version=${1:?usage: install-helm.sh VERSION}
 cd "$(dirname "$0")/.."
 bin_dir="$PWD/.tools/bin"
 helm="$bin_dir/helm"
+# The Go toolchain's usual place when it is not on PATH (e.g. a non-login shell in CI).
+PATH="$PATH:/usr/local/go/bin"
 
 # The module version recorded in the binary's build info is the pin we check against.
 if [[ -x $helm ]] && go version -m "$helm" 2>/dev/null | grep -qE "^\s+mod\s+helm.sh/helm/v3\s+$version\s"; then

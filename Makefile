@@ -4,6 +4,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 UV_VERSION := 0.13.9
+# Helm, built from the Go module proxy (the charts' lint/render checks need it).
+HELM_VERSION := v3.22.0
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 PYTEST := $(UV) run --frozen --no-sync pytest
@@ -26,6 +28,17 @@ $(UV):
 
 install: .venv/.synced ## install Python deps into .venv (uv, one lockfile)
 
+.PHONY: helm k8s-generate lint-k8s
+helm: ## build the pinned Helm into .tools/bin from the Go module proxy (once; ~4 min, then cached)
+	scripts/install-helm.sh $(HELM_VERSION)
+
+k8s-generate: install ## regenerate deploy/k8s's KafkaTopics and the lagmon chart's alert rules from their sources
+	$(UV) run --frozen --no-sync python deploy/k8s/generate.py
+
+lint-k8s: install helm ## offline: generated files current, helm lint + template + schema/CRD validation of every chart and deploy/k8s
+	$(UV) run --frozen --no-sync python deploy/k8s/generate.py --check
+	$(UV) run --frozen --no-sync python -m tests.deploy.k8s_check
+
 up: install ## start Kafka, PostgreSQL, Elasticsearch (idempotent; waits until each answers)
 	$(STACK) up
 
@@ -42,11 +55,11 @@ clean: down ## stop the stack and wipe its state (data, logs, downloads copied f
 run: up ## run the whole system in the foreground (Ctrl-C stops the services)
 	$(STACK_ENV); scripts/run-services.sh
 
-test: up ## the whole suite (unit, integration, e2e) against the real stack
+test: up helm ## the whole suite (unit, integration, e2e) against the real stack
 	scripts/ensure-chromium.sh
 	$(STACK_ENV); $(PYTEST) $(ARGS)
 
-test-unit: install ## fast tests that need no server
+test-unit: install helm ## fast tests that need no server
 	$(PYTEST) -m "not integration and not e2e" $(ARGS)
 
 test-integration: up ## tests against the real Kafka / PostgreSQL / Elasticsearch
@@ -55,11 +68,12 @@ test-integration: up ## tests against the real Kafka / PostgreSQL / Elasticsearc
 test-e2e: up ## the services as processes, through HTTP, against the real stack
 	$(STACK_ENV); $(PYTEST) -m e2e $(ARGS)
 
-lint: install ## ruff + mypy strict + schema drift check
+lint: install ## ruff + mypy strict + schema drift check + the charts' and deploy/k8s's checks
 	$(UV) run --frozen --no-sync ruff check .
 	$(UV) run --frozen --no-sync ruff format --check .
-	$(UV) run --frozen --no-sync mypy libs services tests bench
+	$(UV) run --frozen --no-sync mypy libs services tests bench deploy/k8s
 	$(UV) run --frozen --no-sync python -m blog_events.schemas --check
+	$(MAKE) --no-print-directory lint-k8s
 
 fmt: install ## format and autofix
 	$(UV) run --frozen --no-sync ruff format .

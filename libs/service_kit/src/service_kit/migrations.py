@@ -47,8 +47,14 @@ async def apply_migrations(dsn: str, schema: str, directory: Path) -> list[str]:
         lock_key = advisory_lock_key(schema)
         await connection.execute("SELECT pg_advisory_lock($1)", lock_key)
         try:
-            # `schema` is validated above: identifiers cannot be bind parameters.
-            await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            # Only when missing: even `IF NOT EXISTS` needs CREATE on the database, which a role
+            # owning just its schema (created for it beforehand) does not have.
+            exists = await connection.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema
+            )
+            if not exists:
+                # `schema` is validated above: identifiers cannot be bind parameters.
+                await connection.execute(f"CREATE SCHEMA {schema}")
             await connection.execute(
                 f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
                 " name text PRIMARY KEY,"

@@ -76,9 +76,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        applied = await migrate(settings)
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
+        if settings.migrate_on_start:
+            applied = await migrate(settings)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
         runtime = Runtime(pool=pool)
         app.state.runtime = runtime

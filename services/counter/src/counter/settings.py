@@ -15,3 +15,6 @@ class Settings(ConsumerGroupSettings):
     group_id: str = Field(default="counter", min_length=1)
     host: str = "127.0.0.1"
     port: int = Field(default=8001, ge=1, le=65535)
+    # false: the schema is migrated beforehand (`python -m counter migrate`, e.g. the chart's
+    # hook Job), so replicas start without running DDL.
+    migrate_on_start: bool = True

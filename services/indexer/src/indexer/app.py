@@ -93,7 +93,8 @@ def create_app(settings: IndexerSettings) -> FastAPI:
         app.state.runtime = runtime
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(runtime.es.close)
-            await _ensure_index_when_reachable(runtime.es, settings)
+            if settings.migrate_on_start:
+                await _ensure_index_when_reachable(runtime.es, settings)
             if consumer_metrics is not None:
                 runtime.consumer = await stack.enter_async_context(
                     consuming(

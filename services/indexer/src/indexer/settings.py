@@ -16,6 +16,9 @@ class IndexerSettings(ConsumerGroupSettings):
     index_alias: str = Field(default="blogs", min_length=1, pattern=r"^[a-z0-9][a-z0-9._-]*$")
     host: str = "127.0.0.1"
     port: int = Field(default=8002, ge=1, le=65535)
+    # false: the index and its alias are created beforehand (`python -m indexer migrate`, e.g.
+    # the chart's hook Job), so replicas start without creating them.
+    migrate_on_start: bool = True
 
     @property
     def index_name(self) -> str:

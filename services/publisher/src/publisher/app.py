@@ -196,9 +196,10 @@ def create_app(settings: PublisherSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        applied = await apply_migrations(settings.dsn, SCHEMA, MIGRATIONS_DIR)
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
+        if settings.migrate_on_start:
+            applied = await apply_migrations(settings.dsn, SCHEMA, MIGRATIONS_DIR)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
         pool = await asyncpg.create_pool(
             settings.dsn,
             min_size=settings.db_pool_min_size,

@@ -21,6 +21,9 @@ class PublisherSettings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"
     relay_enabled: bool = True
+    # false: the schema is migrated beforehand (`python -m publisher migrate`, e.g. the chart's
+    # hook Job), so replicas start without running DDL.
+    migrate_on_start: bool = True
     relay_batch: int = Field(default=500, ge=1, le=10_000)
     # Fallback poll when no NOTIFY arrives (e.g. a notification lost while reconnecting).
     relay_poll_interval_s: float = Field(default=1.0, gt=0)

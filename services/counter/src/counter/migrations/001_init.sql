@@ -1,6 +1,7 @@
 -- What the counter has applied, per blog: the newest version seen and whether the blog is live.
 -- The version guard on this row is what makes redelivered, duplicated and replayed events no-ops.
-CREATE SCHEMA IF NOT EXISTS counter;
+-- The schema `counter` exists already: the migrations runner creates it when missing (on a
+-- deployment it is created for the service's role, which may not create schemas).
 
 CREATE TABLE counter.blog_state (
     blog_id          uuid        PRIMARY KEY,

@@ -1,5 +1,6 @@
 -- The publisher's own schema: authors and their API tokens, blogs, and the transactional outbox.
-CREATE SCHEMA IF NOT EXISTS publisher;
+-- The schema `publisher` exists already: the migrations runner creates it when missing (on a
+-- deployment it is created for the service's role, which may not create schemas).
 
 CREATE TABLE publisher.authors (
     id         uuid PRIMARY KEY,

@@ -7,11 +7,16 @@ UV_VERSION := 0.13.9
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 PYTEST := $(UV) run --frozen --no-sync pytest
+# promtool (Debian's `prometheus` package, unpacked, never installed) checks and unit-tests the
+# alert rules; the test file names the rules file it tests.
+PROMTOOL := $(TOOLS)/bin/promtool
+ALERT_RULES := deploy/prometheus/alert-rules.yml
+ALERT_RULE_TESTS := deploy/prometheus/alert-rules.test.yml
 STACK := deploy/local/stack.sh
 # `make test` exports the stack's addresses (written by `make up`) to the tests.
 STACK_ENV = set -a; . .state/stack.env; set +a
 
-.PHONY: help install up down status clean run test test-unit test-integration test-e2e lint fmt schemas author lag bench-pipeline chaos
+.PHONY: help install up down status clean run test test-unit test-integration test-e2e lint fmt schemas author lag bench-pipeline chaos alerts
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -44,6 +49,7 @@ run: up ## run the whole system in the foreground (Ctrl-C stops the services)
 
 test: up ## the whole suite (unit, integration, e2e) against the real stack
 	scripts/ensure-chromium.sh
+	scripts/ensure-promtool.sh
 	$(STACK_ENV); $(PYTEST) $(ARGS)
 
 test-unit: install ## fast tests that need no server
@@ -55,11 +61,16 @@ test-integration: up ## tests against the real Kafka / PostgreSQL / Elasticsearc
 test-e2e: up ## the services as processes, through HTTP, against the real stack
 	$(STACK_ENV); $(PYTEST) -m e2e $(ARGS)
 
-lint: install ## ruff + mypy strict + schema drift check
+lint: install alerts ## ruff + mypy strict + schema drift check + alert rules (promtool)
 	$(UV) run --frozen --no-sync ruff check .
 	$(UV) run --frozen --no-sync ruff format --check .
 	$(UV) run --frozen --no-sync mypy libs services tests bench
 	$(UV) run --frozen --no-sync python -m blog_events.schemas --check
+
+alerts: ## promtool: check the alert rules and run their unit tests (installs promtool into .tools/)
+	scripts/ensure-promtool.sh
+	$(PROMTOOL) check rules $(ALERT_RULES)
+	$(PROMTOOL) test rules $(ALERT_RULE_TESTS)
 
 fmt: install ## format and autofix
 	$(UV) run --frozen --no-sync ruff format .

@@ -144,7 +144,7 @@ async def test_stopped_indexer_lags_and_recovers_while_counter_stays_ok(
         assert set(counter_statuses) == {"OK"}, counter_statuses
 
         metrics = (await http.get(f"{lagmon.url}/metrics")).text
-        assert f'lagmon_group_status{{group="{indexer_group}"}} 3.0' in metrics
+        assert f'lagmon_group_status{{group="{indexer_group}"}} 4.0' in metrics  # STOP
         assert f'lagmon_group_status{{group="{counter_group}"}} 0.0' in metrics
 
         # Restart it: it catches up and is OK again.

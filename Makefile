@@ -10,8 +10,8 @@ PYTEST := $(UV) run --frozen --no-sync pytest
 # promtool (Debian's `prometheus` package, unpacked, never installed) checks and unit-tests the
 # alert rules; the test file names the rules file it tests.
 PROMTOOL := $(TOOLS)/bin/promtool
-ALERT_RULES := deploy/prometheus/alert-rules.yml
-ALERT_RULE_TESTS := deploy/prometheus/alert-rules.test.yml
+ALERT_RULES := deploy/prometheus/lagmon-alerts.yml
+ALERT_RULE_TESTS := deploy/prometheus/lagmon-alerts.test.yml
 STACK := deploy/local/stack.sh
 # `make test` exports the stack's addresses (written by `make up`) to the tests.
 STACK_ENV = set -a; . .state/stack.env; set +a

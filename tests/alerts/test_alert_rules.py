@@ -1,5 +1,5 @@
-"""The Prometheus alert rules (deploy/prometheus/alert-rules.yml) pass `promtool check rules` and
-their unit tests (`promtool test rules alert-rules.test.yml`), and every alert has a test in which
+"""The Prometheus alert rules (deploy/prometheus/lagmon-alerts.yml) pass `promtool check rules` and
+their unit tests (`promtool test rules lagmon-alerts.test.yml`), and every alert has a test in which
 it fires and one in which it must not.
 
 promtool comes from Debian's `prometheus` package, unpacked into .tools/ by
@@ -21,8 +21,8 @@ import yaml
 from lagmon.rules import Status
 
 REPO = Path(__file__).resolve().parents[2]
-RULES = REPO / "deploy" / "prometheus" / "alert-rules.yml"
-RULE_TESTS = REPO / "deploy" / "prometheus" / "alert-rules.test.yml"
+RULES = REPO / "deploy" / "prometheus" / "lagmon-alerts.yml"
+RULE_TESTS = REPO / "deploy" / "prometheus" / "lagmon-alerts.test.yml"
 ENSURE_PROMTOOL = REPO / "scripts" / "ensure-promtool.sh"
 PROMTOOL = REPO / ".tools" / "bin" / "promtool"
 

@@ -35,7 +35,7 @@ PUBLISHER_METRICS = {
     "publisher_relay_send_failures_total",
     "publisher_outbox_parked_rows",
 }
-ALERT_RULES = DEPLOY / "prometheus" / "alert-rules.yml"
+ALERT_RULES = DEPLOY / "prometheus" / "lagmon-alerts.yml"
 
 
 def lagmon_metric_names() -> set[str]:

@@ -29,7 +29,7 @@ from blog_testkit import BlogHistory, ServiceProcess, Stack, processes, produce,
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[3]
-ALERT_RULES = REPO / "deploy" / "prometheus" / "alert-rules.yml"
+ALERT_RULES = REPO / "deploy" / "prometheus" / "lagmon-alerts.yml"
 PROMTOOL = REPO / ".tools" / "bin" / "promtool"
 SCRAPE_S = 15  # the scrape and evaluation interval the rules are written for
 POLL_S = 5.0  # lagmon's default sampling interval

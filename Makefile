@@ -9,11 +9,16 @@ HELM_VERSION := v3.22.0
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 PYTEST := $(UV) run --frozen --no-sync pytest
+# promtool (Debian's `prometheus` package, unpacked, never installed) checks and unit-tests the
+# alert rules; the test file names the rules file it tests.
+PROMTOOL := $(TOOLS)/bin/promtool
+ALERT_RULES := deploy/prometheus/lagmon-alerts.yml
+ALERT_RULE_TESTS := deploy/prometheus/lagmon-alerts.test.yml
 STACK := deploy/local/stack.sh
 # `make test` exports the stack's addresses (written by `make up`) to the tests.
 STACK_ENV = set -a; . .state/stack.env; set +a
 
-.PHONY: help install up down status clean run test test-unit test-integration test-e2e lint fmt schemas author lag bench-pipeline chaos
+.PHONY: help install up down status clean run test test-unit test-integration test-e2e lint fmt schemas author lag bench-pipeline chaos alerts
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -57,6 +62,7 @@ run: up ## run the whole system in the foreground (Ctrl-C stops the services)
 
 test: up helm ## the whole suite (unit, integration, e2e) against the real stack
 	scripts/ensure-chromium.sh
+	scripts/ensure-promtool.sh
 	$(STACK_ENV); $(PYTEST) $(ARGS)
 
 test-unit: install helm ## fast tests that need no server
@@ -68,12 +74,17 @@ test-integration: up ## tests against the real Kafka / PostgreSQL / Elasticsearc
 test-e2e: up ## the services as processes, through HTTP, against the real stack
 	$(STACK_ENV); $(PYTEST) -m e2e $(ARGS)
 
-lint: install ## ruff + mypy strict + schema drift check + the charts' and deploy/k8s's checks
+lint: install alerts ## ruff + mypy strict + schema drift check + alert rules (promtool) + the charts' and deploy/k8s's checks
 	$(UV) run --frozen --no-sync ruff check .
 	$(UV) run --frozen --no-sync ruff format --check .
 	$(UV) run --frozen --no-sync mypy libs services tests bench deploy/k8s
 	$(UV) run --frozen --no-sync python -m blog_events.schemas --check
 	$(MAKE) --no-print-directory lint-k8s
+
+alerts: ## promtool: check the alert rules and run their unit tests (installs promtool into .tools/)
+	scripts/ensure-promtool.sh
+	$(PROMTOOL) check rules $(ALERT_RULES)
+	$(PROMTOOL) test rules $(ALERT_RULE_TESTS)
 
 fmt: install ## format and autofix
 	$(UV) run --frozen --no-sync ruff format .

@@ -1,6 +1,6 @@
 """End to end with the real services as processes: while blogs are being posted, stopping the
-indexer makes its lag (messages and seconds) grow and its status leave OK, while the counter
-stays OK; restarting the indexer brings it back to OK with no lag."""
+indexer makes its lag (messages and seconds) grow and its status leave OK (STOP: no member), while
+the counter stays OK; restarting the indexer brings it back to OK with no lag."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ async def test_stopped_indexer_lags_and_recovers_while_counter_stays_ok(
     lagmon_env = {
         "LAGMON_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
         "LAGMON_TOPICS": json.dumps([topic]),
+        "LAGMON_EXPECTED_GROUPS": f"{counter_group},{indexer_group}",
         "LAGMON_POLL_INTERVAL_S": "0.5",
         "LAGMON_WINDOW_S": "10",
         "LAGMON_STALL_AFTER_S": "3",
@@ -143,7 +144,7 @@ async def test_stopped_indexer_lags_and_recovers_while_counter_stays_ok(
         assert set(counter_statuses) == {"OK"}, counter_statuses
 
         metrics = (await http.get(f"{lagmon.url}/metrics")).text
-        assert f'lagmon_group_status{{group="{indexer_group}"}} 3.0' in metrics
+        assert f'lagmon_group_status{{group="{indexer_group}"}} 4.0' in metrics  # STOP
         assert f'lagmon_group_status{{group="{counter_group}"}} 0.0' in metrics
 
         # Restart it: it catches up and is OK again.

@@ -1,5 +1,6 @@
 """The monitor against the real Kafka: its lag equals what Kafka's own consumer-group tool
-prints, and a group whose consumers are dead is still reported, lagging, then STOP."""
+prints, a group whose consumers are dead is still reported, lagging, and STOP on the second
+sample; members that do not progress are STALL for as long as that lasts."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from blog_testkit import Stack, wait_until
+from blog_testkit.plugin import create_topic, delete_topic
 from lagmon.kafka_reader import KafkaLagReader
 from lagmon.monitor import LagMonitor, LagSnapshot
 from lagmon.rules import RuleConfig, Status
@@ -72,7 +74,8 @@ async def live_member(
         await wait_until(
             lambda: _assigned(consumer), timeout=30, what=f"{group} gets its partitions"
         )
-        await consumer.commit({TopicPartition(topic, p): o for p, o in commits.items()})
+        if commits:
+            await consumer.commit({TopicPartition(topic, p): o for p, o in commits.items()})
         yield consumer
     finally:
         await consumer.stop()
@@ -130,10 +133,12 @@ def parse_states(text: str) -> dict[str, tuple[str, int]]:
     return states
 
 
-def monitor_for(topic: str, rules: RuleConfig, bootstrap: str) -> Sampler:
+def monitor_for(
+    topic: str, rules: RuleConfig, bootstrap: str, expected: tuple[str, ...] = ()
+) -> Sampler:
     return Sampler(
-        KafkaLagReader(bootstrap, [topic]),
-        LagMonitor(rules, history_s=600, topics=(topic,)),
+        KafkaLagReader(bootstrap, [topic], expected_groups=expected),
+        LagMonitor(rules, history_s=600, topics=(topic,), expected_groups=expected),
         interval_s=0.3,
     )
 
@@ -197,16 +202,15 @@ async def test_lag_equals_what_kafka_consumer_group_command_prints(
     assert all(p.lag == RECORDS_PER_PARTITION for p in uncommitted)
 
 
-async def test_group_with_dead_consumers_lags_more_and_goes_to_stop(
+async def test_group_with_dead_consumers_lags_more_and_is_stop_on_the_second_sample(
     stack: Stack, topic: str
 ) -> None:
     bootstrap = stack.kafka_bootstrap
     await produce(bootstrap, topic, 2, None)
     dead = f"{topic}-dead"
     await commit_offsets(bootstrap, dead, topic, dict.fromkeys(range(PARTITIONS), 2))
-    rules = RuleConfig(window_s=4.0, stall_after_s=1.5, min_observations=3)
+    rules = RuleConfig(window_s=60, stall_after_s=1.5, min_observations=3, stop_after_samples=2)
     sampler = monitor_for(topic, rules, bootstrap)
-    seen: list[LagSnapshot] = []
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
@@ -216,29 +220,174 @@ async def test_group_with_dead_consumers_lags_more_and_goes_to_stop(
         assert (group.state, group.members, group.lag, group.status) == (
             "Empty", 0, 0, Status.OK,
         )  # fmt: skip
-
-        async def stopped() -> bool:
-            # Posting goes on while nobody consumes.
+        # Posting goes on while nobody consumes.
+        seen: list[LagSnapshot] = []
+        for _ in range(3):
             await producer.send_and_wait(topic, b"{}", partition=0)
-            snapshot = await sampler.sample_once()
-            seen.append(snapshot)
-            g = snapshot.group(dead)
-            return g is not None and g.status is Status.STOP
-
-        await wait_until(stopped, timeout=30, interval=0.3, what=f"{dead} STOP")
+            seen.append(await sampler.sample_once())
     finally:
         await producer.stop()
         await sampler.close()
 
-    lags = [s.group(dead).lag for s in seen]  # type: ignore[union-attr]
-    assert lags == sorted(lags)
-    assert lags[-1] > lags[0]
-    last = seen[-1].group(dead)
+    groups = [s.group(dead) for s in seen]
+    assert all(g is not None for g in groups)
+    lags = [g.lag for g in groups]  # type: ignore[union-attr]
+    assert lags == [1, 2, 3]
+    # Lag and no member: the grace (one sample), then STOP, from Kafka's facts.
+    statuses = [g.status for g in groups]  # type: ignore[union-attr]
+    assert statuses == [Status.WARN, Status.STOP, Status.STOP]
+    last = groups[-1]
     assert last is not None
     assert last.state == "Empty"
+    assert last.reason == f"{topic}[0]: no consumer (Empty) with lag 3 for 3 samples"
     assert last.lag_seconds is not None
-    assert last.lag_seconds > rules.window_s
-    statuses = [s.group(dead).status for s in seen]  # type: ignore[union-attr]
-    # It went through STALL (offset not moving) before STOP (a whole window).
-    assert Status.STALL in statuses
-    assert statuses.index(Status.STALL) < statuses.index(Status.STOP)
+
+
+async def test_members_not_committing_are_stall_and_stay_stall(stack: Stack, topic: str) -> None:
+    bootstrap = stack.kafka_bootstrap
+    await produce(bootstrap, topic, 4, None)
+    stuck = f"{topic}-stuck"
+    rules = RuleConfig(window_s=3, stall_after_s=1.5, min_observations=3, stop_after_samples=2)
+    sampler = monitor_for(topic, rules, bootstrap)
+    try:
+        async with live_member(bootstrap, stuck, topic, dict.fromkeys(range(PARTITIONS), 1)):
+
+            async def stalled_for_two_windows() -> LagSnapshot | None:
+                snapshot = await sampler.sample_once()
+                group = snapshot.group(stuck)
+                assert group is not None
+                assert group.status in {Status.OK, Status.STALL}, group
+                long_enough = snapshot.at - first_at >= 2 * rules.window_s
+                return snapshot if group.status is Status.STALL and long_enough else None
+
+            first_at = (await sampler.sample_once()).at
+            snapshot = await wait_until(
+                stalled_for_two_windows, timeout=60, interval=0.3, what=f"{stuck} STALL"
+            )
+    finally:
+        await sampler.close()
+    assert snapshot is not None
+    group = snapshot.group(stuck)
+    assert group is not None
+    # Members present and not moving: STALL however long it lasts (never STOP), with the facts.
+    assert (group.state, group.members, group.lag) == ("Stable", 1, 3 * PARTITIONS)
+    assert "not moving for" in group.reason
+    assert "(1 member, Stable)" in group.reason
+
+
+async def test_a_member_committing_an_older_offset_is_rewind_until_it_is_back(
+    stack: Stack, topic: str
+) -> None:
+    bootstrap = stack.kafka_bootstrap
+    await produce(bootstrap, topic, 10, None)
+    group = f"{topic}-replay"
+    sampler = monitor_for(topic, RuleConfig(window_s=60, stall_after_s=30), bootstrap)
+    try:
+        async with live_member(bootstrap, group, topic, {0: 8}) as member:
+            before = (await sampler.sample_once()).group(group)
+            # A reset for a replay, by the member itself (a stopped group's reset is STOP
+            # until a consumer joins: nobody replays).
+            await member.commit({TopicPartition(topic, 0): 2})
+            rewound = (await sampler.sample_once()).group(group)
+            await member.commit({TopicPartition(topic, 0): 5})
+            replaying = (await sampler.sample_once()).group(group)
+            await member.commit({TopicPartition(topic, 0): 9})
+            recovered = (await sampler.sample_once()).group(group)
+    finally:
+        await sampler.close()
+    assert before is not None
+    assert rewound is not None
+    assert replaying is not None
+    assert recovered is not None
+    assert before.status is not Status.REWIND
+    assert (rewound.status, rewound.state, rewound.members) == (Status.REWIND, "Stable", 1)
+    assert rewound.reason.startswith(f"{topic}[0]: committed offset moved back from 8 to 2")
+    assert replaying.status is Status.REWIND  # 5 < 8: not back yet
+    assert recovered.status is not Status.REWIND  # beyond where it was
+
+
+async def test_a_group_reset_while_stopped_reads_rewind_once_a_consumer_replays(
+    stack: Stack, topic: str
+) -> None:
+    bootstrap = stack.kafka_bootstrap
+    await produce(bootstrap, topic, 10, None)
+    group = f"{topic}-reset"
+    await commit_offsets(bootstrap, group, topic, dict.fromkeys(range(PARTITIONS), 10))
+    sampler = monitor_for(topic, RuleConfig(window_s=60, stall_after_s=30), bootstrap)
+    try:
+        caught_up = (await sampler.sample_once()).group(group)
+        # What `kafka-consumer-groups --reset-offsets --to-offset 4 --execute` does.
+        await commit_offsets(bootstrap, group, topic, dict.fromkeys(range(PARTITIONS), 4))
+        reset = [(await sampler.sample_once()).group(group) for _ in range(2)]
+        async with live_member(bootstrap, group, topic, dict.fromkeys(range(PARTITIONS), 4)):
+            replaying = (await sampler.sample_once()).group(group)
+    finally:
+        await sampler.close()
+    assert caught_up is not None
+    assert caught_up.status is Status.OK
+    assert [g.status for g in reset if g] == [Status.WARN, Status.STOP]  # nobody replays yet
+    assert replaying is not None
+    assert replaying.status is Status.REWIND
+    assert "moved back from 10 to 4" in replaying.reason
+
+
+async def test_expected_group_that_never_committed_reads_notfound(stack: Stack, topic: str) -> None:
+    bootstrap = stack.kafka_bootstrap
+    await produce(bootstrap, topic, 3, None)
+    absent, joined = f"{topic}-absent", f"{topic}-joined"
+    rules = RuleConfig(window_s=60, stall_after_s=30)
+    sampler = monitor_for(topic, rules, bootstrap, expected=(absent, joined))
+    try:
+        # `joined` has a member that never commits (failing from its first batch).
+        async with live_member(bootstrap, joined, topic, {}):
+            snapshot = await sampler.sample_once()
+    finally:
+        await sampler.close()
+    never, failing = snapshot.group(absent), snapshot.group(joined)
+    assert never is not None
+    assert failing is not None
+    for group in (never, failing):
+        assert group.status is Status.NOTFOUND
+        assert group.expected
+        assert group.lag == 3 * PARTITIONS  # everything retained waits for it
+        assert len(group.partitions) == PARTITIONS
+    assert (never.state, never.members) == ("Dead", 0)
+    assert "never started, offsets expired, or the topic was recreated" in never.reason
+    assert (failing.state, failing.members) == ("Stable", 1)
+    assert "never committed" in failing.reason
+
+
+async def test_expected_group_reads_notfound_after_its_topic_is_recreated(
+    stack: Stack, topic: str
+) -> None:
+    bootstrap = stack.kafka_bootstrap
+    await produce(bootstrap, topic, 3, None)
+    group = f"{topic}-counter"
+    await commit_offsets(bootstrap, group, topic, dict.fromkeys(range(PARTITIONS), 3))
+    sampler = monitor_for(topic, RuleConfig(window_s=60, stall_after_s=30), bootstrap, (group,))
+    try:
+        before = (await sampler.sample_once()).group(group)
+        await delete_topic(bootstrap, topic)
+
+        async def recreated() -> bool:
+            # Deletion completes in the background; creating again fails until it has.
+            await create_topic(bootstrap, topic)
+            return True
+
+        await wait_until(recreated, timeout=60, interval=0.5, what=f"{topic} recreated")
+        await produce(bootstrap, topic, 1, None)
+
+        async def not_found() -> LagSnapshot | None:
+            snapshot = await sampler.sample_once()
+            found = snapshot.group(group)
+            return snapshot if found is not None and found.status is Status.NOTFOUND else None
+
+        after = await wait_until(not_found, timeout=60, interval=0.5, what=f"{group} NOTFOUND")
+        assert after is not None
+    finally:
+        await sampler.close()
+    assert before is not None
+    assert before.status is Status.OK
+    recreated_group = after.group(group)
+    assert recreated_group is not None
+    assert recreated_group.lag == PARTITIONS  # the new topic's records, none committed

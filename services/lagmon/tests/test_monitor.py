@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import generate_latest
 
 from lagmon.cli import one_shot_settings, render
@@ -9,6 +10,7 @@ from lagmon.kafka_reader import RawGroup, RawSample
 from lagmon.metrics import MonitorMetrics
 from lagmon.monitor import LagMonitor
 from lagmon.rules import RuleConfig, Status
+from lagmon.sampler import Sampler
 from lagmon.settings import Settings
 
 RULES = RuleConfig(window_s=20, stall_after_s=10, min_observations=3)
@@ -62,21 +64,55 @@ def test_group_without_commit_on_a_partition_counts_from_log_start() -> None:
 def test_dead_group_goes_to_stop_while_a_live_one_stays_ok() -> None:
     monitor = LagMonitor(RULES, history_s=60, topics=(TOPIC,))
     statuses = []
-    for step in range(10):
+    for step in range(6):
         at = 100.0 + 5 * step
         end = 10 + step
         dead = RawGroup("dead", "Empty", 0, {(TOPIC, 0): 10, (TOPIC, 1): 0})
         live = RawGroup("live", "Stable", 1, {(TOPIC, 0): end, (TOPIC, 1): 0})
         snapshot = monitor.observe(sample(at, (end, 0), [dead, live], {(TOPIC, 0, 10): 99.0}))
-        statuses.append((snapshot.group("dead").status, snapshot.group("live").status))  # type: ignore[union-attr]
-    assert [live for _, live in statuses] == [Status.OK] * 10
-    dead_statuses = [dead for dead, _ in statuses]
-    # 5 s apart; caught up at first, then lag > 0 from the 2nd sample on: unchanged with lag
-    # for 10 s at the 4th sample (STALL), for 20 s = the window at the 6th (STOP).
-    assert dead_statuses == [Status.OK] * 3 + [Status.STALL] * 2 + [Status.STOP] * 5
+        statuses.append((snapshot.group("dead"), snapshot.group("live")))
+    assert [live.status for _, live in statuses] == [Status.OK] * 6  # type: ignore[union-attr]
+    # Caught up at first; lag and no member from the 2nd sample: the grace (WARN), then STOP.
+    dead_statuses = [dead.status for dead, _ in statuses]  # type: ignore[union-attr]
+    assert dead_statuses == [Status.OK, Status.WARN] + [Status.STOP] * 4
+    last = statuses[-1][0]
+    assert last is not None
+    assert last.reason == f"{TOPIC}[0]: no consumer (Empty) with lag 5 for 5 samples"
     history = monitor.history(since=0)
-    assert [p["lag"] for p in history["dead"]] == list(range(10))
+    assert [p["lag"] for p in history["dead"]] == list(range(6))
     assert history["dead"][-1]["status"] == "STOP"
+
+
+def test_a_new_monitor_says_stop_on_its_second_sample() -> None:
+    # Nothing of the past is needed: Kafka says Empty, the lag says work is waiting.
+    monitor = LagMonitor(RULES, history_s=60, topics=(TOPIC,))
+    dead = RawGroup("counter", "Empty", 0, {(TOPIC, 0): 3, (TOPIC, 1): 0})
+    first = monitor.observe(sample(100.0, (50, 0), [dead]))
+    second = monitor.observe(sample(105.0, (50, 0), [dead]))
+    assert (first.groups[0].status, second.groups[0].status) == (Status.WARN, Status.STOP)
+
+
+def test_expected_group_without_commits_is_notfound_with_its_lag_from_the_log_start() -> None:
+    monitor = LagMonitor(RULES, history_s=60, topics=(TOPIC,), expected_groups=("counter",))
+    never = RawGroup("counter", "Stable", 2, {})
+    snapshot = monitor.observe(sample(100.0, (4, 0), [never], {(TOPIC, 0, 0): 40.0}))
+    counter = snapshot.group("counter")
+    assert counter is not None
+    assert (counter.status, counter.expected, counter.members, counter.lag) == (
+        Status.NOTFOUND, True, 2, 4,
+    )  # fmt: skip
+    assert counter.lag_seconds == 60.0
+    assert "never committed" in counter.reason
+    assert {p.status for p in counter.partitions} == {Status.NOTFOUND}
+    assert [p.partition for p in counter.partitions] == [0, 1]
+
+
+def test_expected_group_that_commits_leaves_notfound() -> None:
+    monitor = LagMonitor(RULES, history_s=60, topics=(TOPIC,), expected_groups=("counter",))
+    monitor.observe(sample(100.0, (4, 0), [RawGroup("counter", "Stable", 1, {})]))
+    committed = RawGroup("counter", "Stable", 1, {(TOPIC, 0): 4})
+    snapshot = monitor.observe(sample(105.0, (4, 0), [committed]))
+    assert snapshot.groups[0].status is Status.OK
 
 
 def test_group_that_fails_to_sample_is_err() -> None:
@@ -105,12 +141,45 @@ def test_history_is_trimmed_and_vanished_groups_are_forgotten() -> None:
     assert monitor.history(since=0) == {}
 
 
-def test_failed_sample_keeps_groups_and_flags_error() -> None:
-    monitor = LagMonitor(RULES, history_s=60, topics=(TOPIC,))
-    monitor.observe(sample(1.0, (0, 0), [RawGroup("g", "Stable", 1, {(TOPIC, 0): 0})]))
+def test_failed_sample_makes_every_group_err_with_the_reason() -> None:
+    monitor = LagMonitor(RULES, history_s=60, topics=(TOPIC,), expected_groups=("indexer",))
+    healthy = RawGroup("g", "Stable", 1, {(TOPIC, 0): 0})
+    monitor.observe(sample(1.0, (0, 0), [healthy, RawGroup("indexer", "Stable", 1, {})]))
     snapshot = monitor.failed(2.0, "KafkaConnectionError: down")
-    assert snapshot.error == "KafkaConnectionError: down"
-    assert [g.group for g in snapshot.groups] == ["g"]
+    assert (snapshot.at, snapshot.error, snapshot.last_success_at) == (
+        2.0, "KafkaConnectionError: down", 1.0,
+    )  # fmt: skip
+    assert [g.group for g in snapshot.groups] == ["g", "indexer"]
+    for group in snapshot.groups:
+        # Not frozen at the last status: ERR, and nothing claimed about lag or members.
+        assert group.status is Status.ERR
+        assert group.reason == "sample failed: KafkaConnectionError: down"
+        assert (group.lag, group.lag_seconds, group.members, group.partitions) == (
+            None, None, None, (),
+        )  # fmt: skip
+    assert monitor.history(since=0)["g"][-1] == {
+        "at": 2.0, "lag": None, "lag_seconds": None, "status": "ERR",
+    }  # fmt: skip
+
+
+def test_failed_sample_before_any_success_lists_the_expected_groups() -> None:
+    monitor = LagMonitor(RULES, history_s=60, topics=(TOPIC,), expected_groups=("a", "b"))
+    snapshot = monitor.failed(5.0, "KafkaConnectionError: down")
+    assert [(g.group, g.status) for g in snapshot.groups] == [("a", Status.ERR), ("b", Status.ERR)]
+    assert snapshot.last_success_at is None
+
+
+def test_metrics_after_a_failed_sample() -> None:
+    monitor = LagMonitor(RULES, history_s=60, topics=(TOPIC,))
+    monitor.observe(sample(100.0, (1, 1), [RawGroup("g", "Stable", 1, {(TOPIC, 0): 0})]))
+    monitor.failed(130.0, "KafkaConnectionError: down")
+    text = generate_latest(MonitorMetrics(lambda: monitor.latest).registry).decode()
+    assert "lagmon_last_sample_timestamp_seconds 130.0" in text
+    # Only a successful sample moves this one: LagMonitorNotSampling alerts on it.
+    assert "lagmon_last_successful_sample_timestamp_seconds 100.0" in text
+    assert 'lagmon_group_status{group="g"} 6.0' in text
+    assert "lagmon_group_lag_messages{" not in text
+    assert "lagmon_group_members{" not in text
 
 
 def test_metrics_text_has_labelled_series() -> None:
@@ -127,12 +196,14 @@ def test_metrics_text_has_labelled_series() -> None:
     assert 'lagmon_group_status{group="counter"} 0.0' in text
     assert 'lagmon_group_members{group="counter",state="Stable"} 1.0' in text
     assert "lagmon_last_sample_timestamp_seconds 100.0" in text
+    assert "lagmon_last_successful_sample_timestamp_seconds 100.0" in text
 
 
 def test_metrics_without_a_sample_are_empty_but_valid() -> None:
     text = generate_latest(MonitorMetrics(lambda: None).registry).decode()
     assert "# TYPE lagmon_partition_lag_messages gauge" in text
     assert "lagmon_partition_lag_messages{" not in text
+    assert "\nlagmon_last_successful_sample_timestamp_seconds " not in text
 
 
 def test_cli_table_shows_groups_and_partitions() -> None:
@@ -141,12 +212,71 @@ def test_cli_table_shows_groups_and_partitions() -> None:
     snapshot = monitor.observe(sample(100.0, (10, 2), [group], {(TOPIC, 0, 4): 58.0}))
     text = render(snapshot.to_json(), partitions=True)
     lines = text.splitlines()
-    assert lines[1].split() == ["GROUP", "STATUS", "STATE", "MEMBERS", "LAG", "LAG-SECONDS"]
-    assert lines[2].split() == ["indexer", "OK", "Empty", "0", "6", "42.0"]
+    assert lines[1].split() == ["GROUP", "STATUS", "STATE", "MEMBERS", "LAG", "LAG-SECONDS", "WHY"]
+    assert lines[2].split()[:6] == ["indexer", "WARN", "Empty", "0", "6", "42.0"]
+    assert lines[2].endswith("STOP if none joins within 2 samples")
     assert "indexer  blog-events  0          4          10   6    42.0" in text
     assert "no consumer group" in render({**snapshot.to_json(), "groups": []}, partitions=False)
+
+
+def test_cli_table_after_a_failed_sample() -> None:
+    monitor = LagMonitor(RULES, history_s=60, topics=(TOPIC,))
+    monitor.observe(sample(100.0, (1, 1), [RawGroup("g", "Stable", 1, {(TOPIC, 0): 0})]))
+    text = render(monitor.failed(130.0, "KafkaConnectionError: down").to_json(), partitions=True)
+    assert "LAST SAMPLE FAILED: KafkaConnectionError: down (last successful sample: 1970" in text
+    row = text.splitlines()[3].split()
+    assert row[:6] == ["g", "ERR", "Unknown", "?", "?", "?"]
 
 
 def test_one_shot_cli_settings_judge_on_two_samples() -> None:
     settings = one_shot_settings(Settings(), 2.0)
     assert (settings.min_observations, settings.stall_after_s) == (2, 2.0)
+    assert settings.stop_after_samples == 2
+
+
+def test_expected_groups_setting_is_a_comma_separated_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().expected_groups == ["counter", "indexer"]
+    monkeypatch.setenv("LAGMON_EXPECTED_GROUPS", " counter, indexer,search ")
+    assert Settings().expected_groups == ["counter", "indexer", "search"]
+    monkeypatch.setenv("LAGMON_EXPECTED_GROUPS", "")
+    assert Settings().expected_groups == []
+
+
+class FlakyReader:
+    """Stands in for KafkaLagReader: fails while `down`, else returns the next sample."""
+
+    def __init__(self, samples: list[RawSample]) -> None:
+        self.samples = samples
+        self.down = False
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def read(self) -> RawSample:
+        if self.down:
+            raise ConnectionError("ConnectionError: broker unreachable")
+        return self.samples.pop(0)
+
+
+async def test_sampler_failure_is_err_for_every_group_and_counted() -> None:
+    healthy = RawGroup("g", "Stable", 1, {(TOPIC, 0): 0})
+    reader = FlakyReader([sample(1.0, (0, 0), [healthy]), sample(9.0, (0, 0), [healthy])])
+    monitor = LagMonitor(RULES, history_s=60, topics=(TOPIC,))
+    metrics = MonitorMetrics(lambda: monitor.latest)
+    sampler = Sampler(reader, monitor, interval_s=1.0, metrics=metrics)  # type: ignore[arg-type]
+    assert (await sampler.sample_once()).groups[0].status is Status.OK
+    reader.down = True
+    failed = [await sampler.sample_once() for _ in range(2)]
+    assert all(s.error == "ConnectionError: broker unreachable" for s in failed)
+    assert all(s.groups[0].status is Status.ERR for s in failed)
+    assert sampler.last_success_at == 1.0
+    reader.down = False
+    back = await sampler.sample_once()
+    assert (back.error, back.groups[0].status, sampler.last_success_at) == (None, Status.OK, 9.0)
+    text = generate_latest(metrics.registry).decode()
+    assert "lagmon_sample_failures_total 2.0" in text

@@ -24,12 +24,14 @@ PAGE_HTML = resources.files("lagmon").joinpath("page.html").read_text(encoding="
 
 
 def build_sampler(settings: Settings) -> Sampler:
-    monitor = LagMonitor(settings.rules, settings.history_s, tuple(settings.topics))
+    expected = tuple(settings.expected_groups)
+    monitor = LagMonitor(settings.rules, settings.history_s, tuple(settings.topics), expected)
     reader = KafkaLagReader(
         settings.kafka_bootstrap_servers,
         settings.topics,
         timestamp_fetch_timeout_s=settings.timestamp_fetch_timeout_s,
         request_timeout_s=settings.request_timeout_s,
+        expected_groups=expected,
     )
     metrics = MonitorMetrics(lambda: monitor.latest)
     return Sampler(reader, monitor, settings.poll_interval_s, metrics)
@@ -67,6 +69,9 @@ def create_app(settings: Settings) -> FastAPI:
         body = snapshot.to_json()
         body["poll_interval_s"] = settings.poll_interval_s
         body["window_s"] = settings.window_s
+        body["stall_after_s"] = settings.stall_after_s
+        body["stop_after_samples"] = settings.stop_after_samples
+        body["expected_groups"] = settings.expected_groups
         return JSONResponse(body)
 
     @app.get("/api/history")

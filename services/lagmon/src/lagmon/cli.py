@@ -1,9 +1,9 @@
 """`python -m lagmon status`: the lag table in a terminal (or as JSON).
 
 Without `--server` it samples Kafka itself: twice, `--interval` seconds apart, so the status
-rules have two observations (a one-shot verdict can say WARN or STALL, not STOP: that needs a
-whole window, which `--watch` or a running server accumulates). With `--server URL` it prints
-what a running `python -m lagmon serve` sees, with its full window of history."""
+rules have two observations (enough for STOP: lag and no member in both samples; STALL after
+`--interval`; WARN, REWIND). With `--server URL` it prints what a running `python -m lagmon serve`
+sees, with its full window of history."""
 
 from __future__ import annotations
 
@@ -50,23 +50,33 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
     )
 
 
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _seconds(value: float | None) -> str:
     return "?" if value is None else f"{value:.1f}"
 
 
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
 def render(snapshot: dict[str, Any], *, partitions: bool) -> str:
-    taken = datetime.fromtimestamp(snapshot["at"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    taken = _when(snapshot["at"])
     lines = [f"topics: {', '.join(snapshot['topics'])}   sampled: {taken}"]
     if snapshot.get("error"):
-        lines.append(f"LAST SAMPLE FAILED: {snapshot['error']}")
+        last_success = snapshot.get("last_success_at")
+        since = "never" if last_success is None else _when(last_success)
+        lines.append(f"LAST SAMPLE FAILED: {snapshot['error']} (last successful sample: {since})")
     groups = snapshot["groups"]
     if not groups:
         lines.append("no consumer group has committed offsets on these topics")
         return "\n".join(lines)
-    rows = [["GROUP", "STATUS", "STATE", "MEMBERS", "LAG", "LAG-SECONDS"]]
+    rows = [["GROUP", "STATUS", "STATE", "MEMBERS", "LAG", "LAG-SECONDS", "WHY"]]
     rows += [
-        [g["group"], g["status"], g["state"], str(g["members"]), str(g["lag"]),
-         _seconds(g["lag_seconds"])]
+        [g["group"], g["status"], g["state"], _count(g["members"]), _count(g["lag"]),
+         _seconds(g["lag_seconds"]), g["reason"]]
         for g in groups
     ]  # fmt: skip
     lines.append(format_table(rows))
@@ -86,10 +96,13 @@ def render(snapshot: dict[str, Any], *, partitions: bool) -> str:
 
 
 def one_shot_settings(settings: Settings, interval_s: float) -> Settings:
-    """Two observations `interval_s` apart must be enough to judge: a committed offset that did
-    not move between them while lag > 0 is STALL, a lag that grew is WARN."""
+    """Two observations `interval_s` apart must be enough to judge: lag and no member in both is
+    STOP, a committed offset that did not move between them while lag > 0 is STALL, a lag that
+    grew is WARN."""
     stall_after_s = min(interval_s, settings.window_s)
-    return settings.model_copy(update={"min_observations": 2, "stall_after_s": stall_after_s})
+    return settings.model_copy(
+        update={"min_observations": 2, "stall_after_s": stall_after_s, "stop_after_samples": 2}
+    )
 
 
 def _only(snapshot: dict[str, Any], groups: list[str] | None) -> dict[str, Any]:

@@ -23,6 +23,8 @@ TopicPartitionKey = tuple[str, int]
 CONSUMER_PROTOCOL_TYPES = frozenset({"consumer", ""})
 _TIMESTAMP_CACHE_SIZE = 10_000
 _GROUP_CONCURRENCY = 16
+# DescribeGroups answers this (or state "Dead") for a group the coordinator does not know.
+GROUP_ID_NOT_FOUND = 69
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,12 @@ class KafkaLagReader:
         *,
         timestamp_fetch_timeout_s: float = 3.0,
         request_timeout_s: float = 10.0,
+        expected_groups: Sequence[str] = (),
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._topics = list(topics)
+        # Read (offsets, state) even when Kafka does not list them or they have no commit.
+        self._expected_groups = frozenset(expected_groups)
         self._timestamp_fetch_timeout_s = timestamp_fetch_timeout_s
         self._request_timeout_ms = int(request_timeout_s * 1000)
         self._admin: AIOKafkaAdminClient | None = None
@@ -102,20 +107,32 @@ class KafkaLagReader:
     async def read(self) -> RawSample:
         admin, consumer = self._clients()
         listed = await admin.list_consumer_groups()
-        group_ids = sorted({g[0] for g in listed if g[1] in CONSUMER_PROTOCOL_TYPES})
+        listed_ids = {g[0] for g in listed if g[1] in CONSUMER_PROTOCOL_TYPES}
+        group_ids = sorted(listed_ids | self._expected_groups)
         # Committed offsets first, then the log ends: a commit can then never appear to be
         # ahead of the end offset read in the same sample.
         committed = await self._committed_offsets(admin, group_ids)
-        watched = {g: offsets for g, offsets in committed.items() if offsets is None or offsets}
+        watched = {
+            g: offsets
+            for g, offsets in committed.items()
+            if isinstance(offsets, str) or offsets or g in self._expected_groups
+        }
         partitions = await self._partition_offsets(admin, consumer)
         at = time.time()
-        descriptions = await self._describe(admin, [g for g in watched if watched[g] is not None])
+        readable = [g for g, offsets in watched.items() if not isinstance(offsets, str)]
+        descriptions = await self._describe(admin, readable)
         groups = []
         for group_id, offsets in watched.items():
-            if offsets is None:
-                groups.append(RawGroup(group_id, "Unknown", 0, {}, "cannot fetch offsets"))
+            if isinstance(offsets, str):
+                error = f"cannot fetch offsets: {offsets}"
+                groups.append(RawGroup(group_id, "Unknown", 0, {}, error))
                 continue
-            state, members = descriptions.get(group_id, ("Unknown", 0))
+            described = descriptions.get(group_id)
+            if isinstance(described, str) or described is None:
+                error = f"cannot describe group: {described or 'no answer'}"
+                groups.append(RawGroup(group_id, "Unknown", 0, offsets, error))
+                continue
+            state, members = described
             groups.append(RawGroup(group_id, state, members, offsets))
         wanted = {
             (topic, partition, offset)
@@ -141,17 +158,18 @@ class KafkaLagReader:
 
     async def _committed_offsets(
         self, admin: AIOKafkaAdminClient, group_ids: Iterable[str]
-    ) -> dict[str, dict[TopicPartitionKey, int] | None]:
+    ) -> dict[str, dict[TopicPartitionKey, int] | str]:
+        """group -> its committed offsets on the watched topics, or why they could not be read."""
         limit = asyncio.Semaphore(_GROUP_CONCURRENCY)
         watched_topics = set(self._topics)
 
-        async def fetch(group_id: str) -> dict[TopicPartitionKey, int] | None:
+        async def fetch(group_id: str) -> dict[TopicPartitionKey, int] | str:
             async with limit:
                 try:
                     offsets = await admin.list_consumer_group_offsets(group_id)
                 except Exception as exc:
                     log.warning("cannot fetch the offsets of group %s: %s", group_id, exc)
-                    return None
+                    return f"{type(exc).__name__}: {exc}"
             return {
                 (tp.topic, tp.partition): meta.offset
                 for tp, meta in offsets.items()
@@ -180,8 +198,9 @@ class KafkaLagReader:
 
     async def _describe(
         self, admin: AIOKafkaAdminClient, group_ids: Sequence[str]
-    ) -> dict[str, tuple[str, int]]:
-        described: dict[str, tuple[str, int]] = {}
+    ) -> dict[str, tuple[str, int] | str]:
+        """group -> (state, members), or why it could not be described."""
+        described: dict[str, tuple[str, int] | str] = {}
         # One group per request, one at a time: aiokafka 0.14 fails to decode a DescribeGroups
         # response holding several groups (and then drops the connection under every other
         # request in flight). Only the watched groups are described, so this stays cheap.
@@ -190,12 +209,18 @@ class KafkaLagReader:
                 responses = await admin.describe_consumer_groups([group_id])
             except Exception as exc:
                 log.warning("cannot describe group %s: %s", group_id, exc)
+                described[group_id] = f"{type(exc).__name__}: {exc}"
                 continue
             for response in responses:
                 # (error_code, group, state, protocol_type, protocol, members, ...)
                 for entry in response.groups:
                     error_code, name, state, members = entry[0], entry[1], entry[2], entry[5]
-                    described[name] = ("Unknown", 0) if error_code else (state, len(members))
+                    if error_code == GROUP_ID_NOT_FOUND:
+                        described[name] = ("Dead", 0)  # no such group (yet, or any more)
+                    elif error_code:
+                        described[name] = f"DescribeGroups error code {error_code}"
+                    else:
+                        described[name] = (state, len(members))
         return described
 
     async def record_times(

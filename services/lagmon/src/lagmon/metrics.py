@@ -13,8 +13,9 @@ from lagmon.monitor import LagSnapshot
 from lagmon.rules import Status
 
 PARTITION_LABELS = ["group", "topic", "partition"]
-# Status as a number, so alerts can compare: >= 2 is STALL or worse.
+# Status as a number ordered by severity (the alert rules compare these codes).
 STATUS_CODES = {status: status.severity for status in Status}
+STATUS_LEGEND = ", ".join(f"{code} {status}" for status, code in STATUS_CODES.items())
 
 
 class SnapshotCollector(Collector):
@@ -45,12 +46,12 @@ class SnapshotCollector(Collector):
         )
         partition_status = GaugeMetricFamily(
             "lagmon_partition_status",
-            "Burrow-style status: 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 ERR",
+            f"Burrow-style status: {STATUS_LEGEND}",
             labels=PARTITION_LABELS,
         )
         group_status = GaugeMetricFamily(
             "lagmon_group_status",
-            "Worst partition status of the group: 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 ERR",
+            f"The group's status (its worst partition's, or NOTFOUND/ERR): {STATUS_LEGEND}",
             labels=["group"],
         )
         group_lag = GaugeMetricFamily(
@@ -62,19 +63,31 @@ class SnapshotCollector(Collector):
             labels=["group"],
         )
         members = GaugeMetricFamily(
-            "lagmon_group_members", "Members in the consumer group", labels=["group", "state"]
+            "lagmon_group_members",
+            "Members in the consumer group, labelled with Kafka's group state",
+            labels=["group", "state"],
         )
         last_sample = GaugeMetricFamily(
-            "lagmon_last_sample_timestamp_seconds", "Unix time of the latest sample"
+            "lagmon_last_sample_timestamp_seconds",
+            "Unix time of the latest sample attempt, successful or not",
+        )
+        last_success = GaugeMetricFamily(
+            "lagmon_last_successful_sample_timestamp_seconds",
+            "Unix time of the latest sample that succeeded (absent until one has)",
         )
         if snapshot is not None:
             last_sample.add_metric([], snapshot.at)
+            if snapshot.last_success_at is not None:
+                last_success.add_metric([], snapshot.last_success_at)
             for group in snapshot.groups:
                 group_status.add_metric([group.group], STATUS_CODES[group.status])
-                group_lag.add_metric([group.group], group.lag)
+                # Unknown after a failed sample: absent rather than a stale number.
+                if group.lag is not None:
+                    group_lag.add_metric([group.group], group.lag)
                 if group.lag_seconds is not None:
                     group_lag_seconds.add_metric([group.group], group.lag_seconds)
-                members.add_metric([group.group, group.state], group.members)
+                if group.members is not None:
+                    members.add_metric([group.group, group.state], group.members)
                 for p in group.partitions:
                     labels = [group.group, p.topic, str(p.partition)]
                     lag.add_metric(labels, p.lag)
@@ -95,6 +108,7 @@ class SnapshotCollector(Collector):
             group_lag_seconds,
             members,
             last_sample,
+            last_success,
         )
 
 

@@ -9,8 +9,17 @@ from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
-from lagmon.kafka_reader import RawSample
-from lagmon.rules import Observation, RuleConfig, Status, partition_status, worst
+from lagmon.kafka_reader import RawGroup, RawSample
+from lagmon.rules import (
+    GroupFacts,
+    Observation,
+    RuleConfig,
+    Status,
+    Verdict,
+    group_status,
+    not_found_reason,
+    partition_status,
+)
 
 
 @dataclass(frozen=True)
@@ -30,11 +39,13 @@ class PartitionLag:
 class GroupLag:
     group: str
     state: str
-    members: int
+    members: int | None  # None: unknown (the sample failed)
     status: Status
-    lag: int
+    reason: str
+    lag: int | None  # None: unknown (the sample failed)
     lag_seconds: float | None
     partitions: tuple[PartitionLag, ...]
+    expected: bool = False
     error: str | None = None
 
 
@@ -43,7 +54,8 @@ class LagSnapshot:
     at: float
     topics: tuple[str, ...]
     groups: tuple[GroupLag, ...]
-    error: str | None = None
+    error: str | None = None  # the sample failed: every group is ERR with this reason
+    last_success_at: float | None = None  # the latest sample that succeeded
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +67,7 @@ class LagSnapshot:
 @dataclass(frozen=True)
 class HistoryPoint:
     at: float
-    lag: int
+    lag: int | None
     lag_seconds: float | None
     status: Status
 
@@ -66,68 +78,117 @@ T = TypeVar("T", bound="_Timed")
 
 
 class LagMonitor:
-    def __init__(self, rules: RuleConfig, history_s: float, topics: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        rules: RuleConfig,
+        history_s: float,
+        topics: tuple[str, ...],
+        expected_groups: tuple[str, ...] = (),
+    ) -> None:
         self.rules = rules
         self.topics = topics
-        # Partition observations must reach back further than the window, or STOP (unchanged
-        # for a whole window) could never be seen.
+        self.expected_groups = expected_groups
+        # Partition observations must reach back over the whole window (WARN, REWIND).
         self._keep_s = max(history_s, 2 * rules.window_s)
         self._observations: defaultdict[PartitionKey, deque[Observation]] = defaultdict(deque)
         self._history: defaultdict[str, deque[HistoryPoint]] = defaultdict(deque)
+        self._last_success_at: float | None = None
         self.latest: LagSnapshot | None = None
 
     def observe(self, sample: RawSample) -> LagSnapshot:
         now = sample.at
-        groups = []
-        for raw in sorted(sample.groups, key=lambda g: g.group):
-            partitions = []
-            # A group is watched on the topics it has committed on, all of their partitions.
-            group_topics = {topic for topic, _ in raw.committed}
-            for (topic, partition), (start, end) in sorted(sample.partitions.items()):
-                if raw.error is None and topic not in group_topics:
-                    continue
-                committed = raw.committed.get((topic, partition))
-                observation = Observation(now, committed, start, end, raw.error)
-                history = self._observations[(raw.group, topic, partition)]
-                history.append(observation)
-                verdict = partition_status(history, self.rules, now)
-                partitions.append(
-                    PartitionLag(
-                        topic=topic,
-                        partition=partition,
-                        committed_offset=committed,
-                        log_start_offset=start,
-                        log_end_offset=end,
-                        lag=observation.lag,
-                        lag_seconds=_lag_seconds(sample, observation, topic, partition),
-                        status=verdict.status,
-                        reason=verdict.reason,
-                    )
-                )
-            known_seconds = [p.lag_seconds for p in partitions if p.lag_seconds is not None]
-            lag_seconds = max(known_seconds, default=None)
-            group = GroupLag(
-                group=raw.group,
-                state=raw.state,
-                members=raw.members,
-                status=Status.ERR if raw.error else worst(p.status for p in partitions),
-                lag=sum(p.lag for p in partitions),
-                lag_seconds=lag_seconds,
-                partitions=tuple(partitions),
-                error=raw.error,
-            )
-            groups.append(group)
-            self._history[raw.group].append(
+        groups = [self._observe_group(sample, raw) for raw in sorted(sample.groups, key=_name)]
+        for group in groups:
+            self._history[group.group].append(
                 HistoryPoint(now, group.lag, group.lag_seconds, group.status)
             )
         self._forget_before(now - self._keep_s)
-        self.latest = LagSnapshot(now, self.topics, tuple(groups))
+        self._last_success_at = now
+        self.latest = LagSnapshot(now, self.topics, tuple(groups), None, now)
         return self.latest
 
+    def _observe_group(self, sample: RawSample, raw: RawGroup) -> GroupLag:
+        now = sample.at
+        expected = raw.group in self.expected_groups
+        facts = GroupFacts(
+            expected=expected,
+            committed_any=bool(raw.committed),
+            state=raw.state,
+            members=raw.members,
+            error=raw.error,
+        )
+        not_found = raw.error is None and expected and not raw.committed
+        # A group is watched on the topics it has committed on, all of their partitions; an
+        # expected group that never committed, on every watched topic.
+        group_topics = {topic for topic, _ in raw.committed}
+        partitions = []
+        for (topic, partition), (start, end) in sorted(sample.partitions.items()):
+            if raw.error is None and not not_found and topic not in group_topics:
+                continue
+            committed = raw.committed.get((topic, partition))
+            observation = Observation(now, committed, start, end, raw.state, raw.members, raw.error)
+            history = self._observations[(raw.group, topic, partition)]
+            history.append(observation)
+            if not_found:
+                verdict = Verdict(Status.NOTFOUND, not_found_reason(facts))
+            else:
+                verdict = partition_status(history, self.rules, now)
+            partitions.append(
+                PartitionLag(
+                    topic=topic,
+                    partition=partition,
+                    committed_offset=committed,
+                    log_start_offset=start,
+                    log_end_offset=end,
+                    lag=observation.lag,
+                    lag_seconds=_lag_seconds(sample, observation, topic, partition),
+                    status=verdict.status,
+                    reason=verdict.reason,
+                )
+            )
+        verdict = group_status(
+            facts,
+            [(f"{p.topic}[{p.partition}]", Verdict(p.status, p.reason)) for p in partitions],
+        )
+        known_seconds = [p.lag_seconds for p in partitions if p.lag_seconds is not None]
+        return GroupLag(
+            group=raw.group,
+            state=raw.state,
+            members=raw.members,
+            status=verdict.status,
+            reason=verdict.reason,
+            lag=sum(p.lag for p in partitions),
+            lag_seconds=max(known_seconds, default=None),
+            partitions=tuple(partitions),
+            expected=expected,
+            error=raw.error,
+        )
+
     def failed(self, at: float, error: str) -> LagSnapshot:
-        """A sample that could not be taken at all: keep the last groups, flag the snapshot."""
-        groups = self.latest.groups if self.latest else ()
-        self.latest = LagSnapshot(at, self.topics, groups, error)
+        """A sample that could not be taken at all: every group known (the latest snapshot's and
+        the expected ones) is ERR with the reason; nothing is known of their lag or members."""
+        known = [g.group for g in self.latest.groups] if self.latest else []
+        names = sorted(set(known) | set(self.expected_groups))
+        reason = f"sample failed: {error}"
+        groups = tuple(
+            GroupLag(
+                group=name,
+                state="Unknown",
+                members=None,
+                status=Status.ERR,
+                reason=reason,
+                lag=None,
+                lag_seconds=None,
+                partitions=(),
+                expected=name in self.expected_groups,
+                error=reason,
+            )
+            for name in names
+        )
+        for group in groups:
+            self._history[group.group].append(HistoryPoint(at, None, None, Status.ERR))
+        self._forget_before(at - self._keep_s)
+        self.latest = LagSnapshot(at, self.topics, groups, error, self._last_success_at)
         return self.latest
 
     def history(self, since: float) -> dict[str, list[dict[str, Any]]]:
@@ -139,6 +200,10 @@ class LagMonitor:
     def _forget_before(self, cutoff: float) -> None:
         _trim(self._observations, cutoff)
         _trim(self._history, cutoff)
+
+
+def _name(raw: RawGroup) -> str:
+    return raw.group
 
 
 class _Timed(Protocol):

@@ -1,5 +1,6 @@
 """The background sampler: one sample every poll interval, fed to the monitor. A failed
-sample (Kafka unreachable) is logged, counted and flagged in the snapshot; sampling goes on."""
+sample (Kafka unreachable) is counted and makes every group ERR with the reason; sampling goes on.
+A streak of failures is logged once when it starts and once when it ends."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class Sampler:
         self.metrics = metrics
         self._started = False
         self.last_success_at: float | None = None
+        self._failing_since: float | None = None
+        self._failures_in_streak = 0
 
     async def sample_once(self) -> LagSnapshot:
         loop = asyncio.get_running_loop()
@@ -38,11 +41,25 @@ class Sampler:
                 self._started = True
             raw = await self.reader.read()
         except Exception as exc:
-            log.warning("sample failed: %s: %s", type(exc).__name__, exc)
+            now = time.time()
+            reason = describe_error(exc)
+            if self._failing_since is None:
+                self._failing_since = now
+                log.warning("sample failed: %s (every group is ERR until one succeeds)", reason)
+            else:
+                log.debug("sample failed again: %s", reason)
+            self._failures_in_streak += 1
             if self.metrics is not None:
                 self.metrics.sample_failures.inc()
-            return self.monitor.failed(time.time(), f"{type(exc).__name__}: {exc}")
+            return self.monitor.failed(now, reason)
         snapshot = self.monitor.observe(raw)
+        if self._failing_since is not None:
+            log.warning(
+                "sampling recovered after %d failed samples (%.0fs)",
+                self._failures_in_streak,
+                snapshot.at - self._failing_since,
+            )
+            self._failing_since, self._failures_in_streak = None, 0
         self.last_success_at = snapshot.at
         if self.metrics is not None:
             self.metrics.sample_duration.observe(loop.time() - began)
@@ -61,3 +78,11 @@ class Sampler:
         if self._started:
             await self.reader.stop()
             self._started = False
+
+
+def describe_error(exc: BaseException) -> str:
+    """`Type: message`, without the type twice (Kafka errors repeat their name in the message)."""
+    name, text = type(exc).__name__, str(exc)
+    if text.startswith(f"{name}: "):
+        text = text[len(name) + 2 :]
+    return f"{name}: {text}" if text else name

@@ -13,7 +13,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from blog_testkit import BlogHistory, Stack, as_record, running_batch_consumer, wait_until
+from blog_events import Envelope
+from blog_testkit import (
+    BLOG_DECODER,
+    BlogHistory,
+    Stack,
+    as_record,
+    running_batch_consumer,
+    wait_until,
+)
 from service_kit.consumer import BatchConsumer, ConsumedEvent, ConsumerConfig, ConsumerMetrics
 
 pytestmark = pytest.mark.integration
@@ -65,10 +73,10 @@ async def test_batch_is_handled_then_committed(
     stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
 ) -> None:
     config = config_for(stack, topic)
-    handled: list[ConsumedEvent] = []
+    handled: list[ConsumedEvent[Envelope]] = []
     committed_when_handled: list[dict[int, int]] = []
 
-    async def handler(events: Sequence[ConsumedEvent]) -> None:
+    async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
         committed_when_handled.append(await committed(admin, config.group_id))
         handled.extend(events)
 
@@ -76,7 +84,9 @@ async def test_batch_is_handled_then_committed(
     for key, value in sent:
         await producer.send_and_wait(topic, value=value, key=key, partition=2)
 
-    consumer = BatchConsumer(config, handler, ConsumerMetrics(CollectorRegistry()))
+    consumer = BatchConsumer(
+        config, handler, ConsumerMetrics(CollectorRegistry()), decoder=BLOG_DECODER
+    )
     assert not consumer.healthy
     async with running_batch_consumer(consumer):
         await wait_until(
@@ -103,9 +113,9 @@ async def test_failing_handler_gets_the_batch_again_and_only_then_commits(
     calls: list[list[int]] = []
     health_seen: list[bool] = []
     committed_seen: list[dict[int, int]] = []
-    consumer: BatchConsumer
+    consumer: BatchConsumer[Envelope]
 
-    async def handler(events: Sequence[ConsumedEvent]) -> None:
+    async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
         calls.append([e.offset for e in events])
         health_seen.append(consumer.healthy)
         committed_seen.append(await committed(admin, config.group_id))
@@ -117,7 +127,7 @@ async def test_failing_handler_gets_the_batch_again_and_only_then_commits(
         await producer.send_and_wait(topic, value=value, key=key, partition=0)
 
     registry = CollectorRegistry()
-    consumer = BatchConsumer(config, handler, ConsumerMetrics(registry))
+    consumer = BatchConsumer(config, handler, ConsumerMetrics(registry), decoder=BLOG_DECODER)
     async with running_batch_consumer(consumer):
         await wait_until(
             lambda: _equals(committed(admin, config.group_id), {0: 4}),
@@ -143,14 +153,16 @@ async def test_stop_interrupts_the_backoff_and_commits_nothing(
     config = config_for(stack, topic, retry_initial_s=60.0, retry_max_s=60.0)
     calls = 0
 
-    async def handler(events: Sequence[ConsumedEvent]) -> None:
+    async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
         nonlocal calls
         calls += 1
         raise RuntimeError("always failing")
 
     key, value = published_event()
     await producer.send_and_wait(topic, value=value, key=key)
-    consumer = BatchConsumer(config, handler, ConsumerMetrics(CollectorRegistry()))
+    consumer = BatchConsumer(
+        config, handler, ConsumerMetrics(CollectorRegistry()), decoder=BLOG_DECODER
+    )
     await consumer.start()
     task = asyncio.create_task(consumer.run())
     await wait_until(lambda: asyncio.sleep(0, calls >= 1), timeout=30, what="first failure")
@@ -164,9 +176,9 @@ async def test_malformed_record_goes_to_dlq_and_good_ones_around_it_are_handled(
     stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
 ) -> None:
     config = config_for(stack, topic)
-    handled: list[ConsumedEvent] = []
+    handled: list[ConsumedEvent[Envelope]] = []
 
-    async def handler(events: Sequence[ConsumedEvent]) -> None:
+    async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
         handled.extend(events)
 
     good_before, good_after = published_event(), published_event()
@@ -183,7 +195,7 @@ async def test_malformed_record_goes_to_dlq_and_good_ones_around_it_are_handled(
     await producer.send_and_wait(topic, value=b"\xff\x00 garbage", key=None, partition=5)
 
     registry = CollectorRegistry()
-    consumer = BatchConsumer(config, handler, ConsumerMetrics(registry))
+    consumer = BatchConsumer(config, handler, ConsumerMetrics(registry), decoder=BLOG_DECODER)
     async with running_batch_consumer(consumer):
         await wait_until(
             lambda: _equals(committed(admin, config.group_id), {0: 3, 5: 1}),
@@ -217,17 +229,17 @@ async def test_two_consumers_in_one_group_share_the_six_partitions(
     stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
 ) -> None:
     config = config_for(stack, topic)
-    handled: dict[str, list[ConsumedEvent]] = {"a": [], "b": []}
+    handled: dict[str, list[ConsumedEvent[Envelope]]] = {"a": [], "b": []}
 
     def handler_for(member: str):  # type: ignore[no-untyped-def]
-        async def handler(events: Sequence[ConsumedEvent]) -> None:
+        async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
             handled[member].extend(events)
 
         return handler
 
     metrics = ConsumerMetrics(CollectorRegistry())
-    member_a = BatchConsumer(config, handler_for("a"), metrics)
-    member_b = BatchConsumer(config, handler_for("b"), metrics)
+    member_a = BatchConsumer(config, handler_for("a"), metrics, decoder=BLOG_DECODER)
+    member_b = BatchConsumer(config, handler_for("b"), metrics, decoder=BLOG_DECODER)
     per_partition = 5
     async with running_batch_consumer(member_a), running_batch_consumer(member_b):
         await wait_until(
@@ -295,6 +307,7 @@ async def read_all(stack: Stack, topic: str, expected: int) -> list[DeadLetter]:
 
 CRASHING_CONSUMER = """
 import asyncio, sys
+from blog_testkit import BLOG_DECODER
 from service_kit.consumer import BatchConsumer, ConsumerConfig
 
 async def handler(events):
@@ -304,7 +317,7 @@ async def main():
     bootstrap, topic = sys.argv[1], sys.argv[2]
     config = ConsumerConfig(bootstrap, topic, f"{topic}-group", f"{topic}.dlq",
                             crash_after_effect_batches=1)
-    await BatchConsumer(config, handler).run()
+    await BatchConsumer(config, handler, decoder=BLOG_DECODER).run()
 
 asyncio.run(main())
 """

@@ -6,13 +6,12 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
-from blog_events import TOPIC
 from service_kit.consumer import ConsumerConfig
 
 
 class ConsumerGroupSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
-    topic: str = Field(default=TOPIC, min_length=1)
+    topic: str = Field(min_length=1)  # each service sets its own default
     # Partition count used only when the service has to create the topic itself.
     topic_partitions: int = Field(default=6, ge=1)
     group_id: str = Field(min_length=1)  # each service sets its own default

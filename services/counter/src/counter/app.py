@@ -16,17 +16,21 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel
 
+from blog_events import Envelope, EventDecodeError, decode_event
 from counter import repository
 from counter.counting import fold_newest_per_blog
 from counter.settings import Settings
 from service_kit.background import BackgroundConsumer, consuming
-from service_kit.consumer import ConsumedEvent, ConsumerMetrics
+from service_kit.consumer import ConsumedEvent, ConsumerMetrics, Decoder
 from service_kit.migrations import apply_migrations
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SCHEMA = "counter"
 
 log = logging.getLogger(__name__)
+
+# The blog contract's decoder: what it rejects is dead-lettered with its message as the reason.
+EVENT_DECODER = Decoder(decode_event, (EventDecodeError,))
 
 BLOG_CHANGES_APPLIED = Counter(
     "counter_blog_changes_applied_total",
@@ -50,7 +54,7 @@ class CountingHandler:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def __call__(self, batch: Sequence[ConsumedEvent]) -> None:
+    async def __call__(self, batch: Sequence[ConsumedEvent[Envelope]]) -> None:
         newest = fold_newest_per_blog(event.envelope for event in batch)
         plan = await repository.apply_changes(self._pool, newest)
         BLOG_CHANGES_APPLIED.inc(len(plan.changes))
@@ -60,7 +64,7 @@ class CountingHandler:
 @dataclass
 class Runtime:
     pool: asyncpg.Pool
-    consumer: BackgroundConsumer | None = None  # None: consumption disabled, API only
+    consumer: BackgroundConsumer[Envelope] | None = None  # None: consumption disabled, API only
 
     @property
     def consumer_healthy(self) -> bool:
@@ -90,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
                         settings.consumer_config(),
                         CountingHandler(pool),
                         metrics,
+                        decoder=EVENT_DECODER,
                         partitions=settings.topic_partitions,
                     )
                 )

@@ -16,6 +16,7 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from blog_events import Envelope, EventDecodeError, decode_event
 from indexer.handler import make_batch_handler
 from indexer.index import ensure_index
 from indexer.search import (
@@ -28,9 +29,12 @@ from indexer.search import (
 )
 from indexer.settings import IndexerSettings
 from service_kit.background import BackgroundConsumer, consuming
-from service_kit.consumer import ConsumerMetrics
+from service_kit.consumer import ConsumerMetrics, Decoder
 
 log = logging.getLogger(__name__)
+
+# The blog contract's decoder: what it rejects is dead-lettered with its message as the reason.
+EVENT_DECODER = Decoder(decode_event, (EventDecodeError,))
 
 # Elasticsearch may still be starting when the service does (compose, a fresh stack).
 ES_STARTUP_TIMEOUT_S = 60.0
@@ -61,7 +65,7 @@ def elasticsearch_client(url: str) -> AsyncElasticsearch:
 @dataclass
 class Runtime:
     es: AsyncElasticsearch
-    consumer: BackgroundConsumer | None = None  # None: consumption disabled, search only
+    consumer: BackgroundConsumer[Envelope] | None = None  # None: consumption disabled, search only
 
     @property
     def consumer_healthy(self) -> bool:
@@ -100,6 +104,7 @@ def create_app(settings: IndexerSettings) -> FastAPI:
                         settings.consumer_config(),
                         make_batch_handler(runtime.es, settings.index_alias),
                         consumer_metrics,
+                        decoder=EVENT_DECODER,
                         partitions=settings.topic_partitions,
                     )
                 )

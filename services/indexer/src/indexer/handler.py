@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from elasticsearch import AsyncElasticsearch
 
-from blog_events import BlogDeleted
+from blog_events import BlogDeleted, Envelope
 from indexer.documents import bulk_operations, check_bulk_response, fold_latest
 from indexer.metrics import DOCUMENTS_WRITTEN, VERSION_CONFLICTS
 from service_kit.consumer import BatchHandler, ConsumedEvent
@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 BULK_RESPONSE_FIELDS = ["errors", "items.*._id", "items.*.status", "items.*.error"]
 
 
-def make_batch_handler(es: AsyncElasticsearch, alias: str) -> BatchHandler:
-    async def handle_batch(batch: Sequence[ConsumedEvent]) -> None:
+def make_batch_handler(es: AsyncElasticsearch, alias: str) -> BatchHandler[Envelope]:
+    async def handle_batch(batch: Sequence[ConsumedEvent[Envelope]]) -> None:
         newest = fold_latest(consumed.envelope.payload for consumed in batch)
         if not newest:
             return

@@ -308,6 +308,7 @@ async def read_all(stack: Stack, topic: str, expected: int) -> list[DeadLetter]:
 CRASHING_CONSUMER = """
 import asyncio, sys
 from blog_testkit import BLOG_DECODER
+from blog_testkit.faults import crash_after_batches
 from service_kit.consumer import BatchConsumer, ConsumerConfig
 
 async def handler(events):
@@ -315,9 +316,9 @@ async def handler(events):
 
 async def main():
     bootstrap, topic = sys.argv[1], sys.argv[2]
-    config = ConsumerConfig(bootstrap, topic, f"{topic}-group", f"{topic}.dlq",
-                            crash_after_effect_batches=1)
-    await BatchConsumer(config, handler, decoder=BLOG_DECODER).run()
+    config = ConsumerConfig(bootstrap, topic, f"{topic}-group", f"{topic}.dlq")
+    crashing = crash_after_batches(1)(handler)
+    await BatchConsumer(config, crashing, decoder=BLOG_DECODER).run()
 
 asyncio.run(main())
 """

@@ -28,6 +28,7 @@ from blog_testkit import (
     wait_for_zero_lag,
     wait_until,
 )
+from blog_testkit.faults import CRASH_EXIT_CODE, FAULTY_SERVICE_MODULE, faulty_service_env
 from indexer.app import create_app
 from indexer.documents import BulkItemsFailed
 from indexer.handler import make_batch_handler
@@ -394,7 +395,10 @@ async def test_crash_after_the_bulk_before_the_commit_leaves_the_index_exact(
     port = free_port()
     env = process_env(stack, topic, es_prefix, port)
     crashing = service_processes(
-        "indexer-crash", "indexer", {**env, "INDEXER_CRASH_AFTER_EFFECT_BATCHES": "1"}, port
+        "indexer-crash",
+        FAULTY_SERVICE_MODULE,
+        {**env, **faulty_service_env("indexer", port, crash_after=1)},
+        port,
     )
     await crashing.start()
 
@@ -411,7 +415,7 @@ async def test_crash_after_the_bulk_before_the_commit_leaves_the_index_exact(
     await produce(stack.kafka_bootstrap, topic, events)
 
     returncode = await crashing.wait_exit(SETTLE_TIMEOUT_S)
-    assert returncode == 137, crashing.log_tail()
+    assert returncode == CRASH_EXIT_CODE, crashing.log_tail()
     # The crash came after the bulk was acknowledged and before the offset commit: documents
     # are there, and Kafka will deliver the same events again.
     assert len(await indexed_state(es, alias)) > 0

@@ -17,8 +17,6 @@ class ConsumerGroupSettings(BaseSettings):
     group_id: str = Field(min_length=1)  # each service sets its own default
     consumer_enabled: bool = True
     max_batch: int = Field(default=500, ge=1, le=10_000)
-    # Fault injection for tests only: exit after this many applied batches, before committing.
-    crash_after_effect_batches: int | None = Field(default=None, ge=1)
     log_level: str = "INFO"
 
     @property
@@ -32,5 +30,4 @@ class ConsumerGroupSettings(BaseSettings):
             group_id=self.group_id,
             dlq_topic=self.dlq_topic,
             max_batch=self.max_batch,
-            crash_after_effect_batches=self.crash_after_effect_batches,
         )

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from counter import repository
 from counter.counting import fold_newest_per_blog
 from counter.settings import Settings
 from service_kit.background import BackgroundConsumer, consuming
-from service_kit.consumer import ConsumedEvent, ConsumerMetrics, Decoder
+from service_kit.consumer import BatchHandler, ConsumedEvent, ConsumerMetrics, Decoder
 from service_kit.migrations import apply_migrations
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -75,7 +75,12 @@ async def migrate(settings: Settings) -> list[str]:
     return await apply_migrations(settings.database_url, SCHEMA, MIGRATIONS_DIR)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    wrap_handler: Callable[[BatchHandler[Envelope]], BatchHandler[Envelope]] | None = None,
+) -> FastAPI:
+    """`wrap_handler` is a seam for tests (fault injection around the batch handler)."""
     metrics = ConsumerMetrics() if settings.consumer_enabled else None
 
     @contextlib.asynccontextmanager
@@ -85,6 +90,9 @@ def create_app(settings: Settings) -> FastAPI:
             log.info("applied migrations: %s", ", ".join(applied))
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
         runtime = Runtime(pool=pool)
+        handler: BatchHandler[Envelope] = CountingHandler(pool)
+        if wrap_handler is not None:
+            handler = wrap_handler(handler)
         app.state.runtime = runtime
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(pool.close)
@@ -92,7 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
                 runtime.consumer = await stack.enter_async_context(
                     consuming(
                         settings.consumer_config(),
-                        CountingHandler(pool),
+                        handler,
                         metrics,
                         decoder=EVENT_DECODER,
                         partitions=settings.topic_partitions,

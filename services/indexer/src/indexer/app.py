@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -29,7 +29,7 @@ from indexer.search import (
 )
 from indexer.settings import IndexerSettings
 from service_kit.background import BackgroundConsumer, consuming
-from service_kit.consumer import ConsumerMetrics, Decoder
+from service_kit.consumer import BatchHandler, ConsumerMetrics, Decoder
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,12 @@ async def _ensure_index_when_reachable(es: AsyncElasticsearch, settings: Indexer
             delay = min(delay * 2, 5.0)
 
 
-def create_app(settings: IndexerSettings) -> FastAPI:
+def create_app(
+    settings: IndexerSettings,
+    *,
+    wrap_handler: Callable[[BatchHandler[Envelope]], BatchHandler[Envelope]] | None = None,
+) -> FastAPI:
+    """`wrap_handler` is a seam for tests (fault injection around the batch handler)."""
     consumer_metrics = ConsumerMetrics() if settings.consumer_enabled else None
 
     @contextlib.asynccontextmanager
@@ -99,10 +104,13 @@ def create_app(settings: IndexerSettings) -> FastAPI:
             stack.push_async_callback(runtime.es.close)
             await _ensure_index_when_reachable(runtime.es, settings)
             if consumer_metrics is not None:
+                handler = make_batch_handler(runtime.es, settings.index_alias)
+                if wrap_handler is not None:
+                    handler = wrap_handler(handler)
                 runtime.consumer = await stack.enter_async_context(
                     consuming(
                         settings.consumer_config(),
-                        make_batch_handler(runtime.es, settings.index_alias),
+                        handler,
                         consumer_metrics,
                         decoder=EVENT_DECODER,
                         partitions=settings.topic_partitions,

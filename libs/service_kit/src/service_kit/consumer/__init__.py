@@ -15,7 +15,7 @@ from service_kit.consumer.dead_letter import (
     dlq_headers,
     truncate_utf8,
 )
-from service_kit.consumer.loop import CRASH_EXIT_CODE, BatchConsumer
+from service_kit.consumer.loop import BatchConsumer
 from service_kit.consumer.metrics import ConsumerMetrics
 from service_kit.consumer.offsets import commit_offsets
 from service_kit.consumer.records import (
@@ -26,7 +26,6 @@ from service_kit.consumer.records import (
 )
 
 __all__ = [
-    "CRASH_EXIT_CODE",
     "DLQ_HEADER_PREFIX",
     "DLQ_REASON_MAX_BYTES",
     "BatchConsumer",

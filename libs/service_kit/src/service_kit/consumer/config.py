@@ -15,6 +15,3 @@ class ConsumerConfig:
     poll_timeout_ms: int = 200
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
-    # Fault injection for tests: after this many successful handler calls, os._exit(137)
-    # AFTER the effect and BEFORE the offset commit.
-    crash_after_effect_batches: int | None = None

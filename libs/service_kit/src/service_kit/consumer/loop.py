@@ -42,8 +42,6 @@ from service_kit.consumer.records import (
 
 log = logging.getLogger(__name__)
 
-CRASH_EXIT_CODE = 137  # what a SIGKILL looks like to a supervisor
-
 
 class BatchConsumer(Generic[E]):
     def __init__(
@@ -70,7 +68,6 @@ class BatchConsumer(Generic[E]):
         # Bumped at every revoke: a batch read ahead in an older generation is stale.
         self._generation = 0
         self._handler_failing = False
-        self._effect_batches = 0
 
     @property
     def healthy(self) -> bool:
@@ -258,12 +255,6 @@ class BatchConsumer(Generic[E]):
 
         if events:
             self._metrics.events_processed.labels(group=group).inc(len(events))
-            self._effect_batches += 1
-            limit = self.config.crash_after_effect_batches
-            if limit is not None and self._effect_batches >= limit:
-                log.critical("fault injection: exiting after effect, before commit")
-                logging.shutdown()
-                os._exit(CRASH_EXIT_CODE)
 
         try:
             await self._consumer.commit(commit_offsets(records))

@@ -120,7 +120,7 @@ async def test_failing_handler_gets_the_batch_again_and_only_then_commits(
         health_seen.append(consumer.healthy)
         committed_seen.append(await committed(admin, config.group_id))
         if len(calls) <= 2:
-            raise RuntimeError("database is down")
+            raise ConnectionRefusedError("database is down")  # transient: the batch is retried
 
     for _ in range(4):
         key, value = published_event()
@@ -156,7 +156,7 @@ async def test_stop_interrupts_the_backoff_and_commits_nothing(
     async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
         nonlocal calls
         calls += 1
-        raise RuntimeError("always failing")
+        raise ConnectionRefusedError("always failing")
 
     key, value = published_event()
     await producer.send_and_wait(topic, value=value, key=key)
@@ -223,6 +223,62 @@ async def test_malformed_record_goes_to_dlq_and_good_ones_around_it_are_handled(
         )
         == 2.0
     )
+
+
+async def test_a_record_failing_in_the_handler_is_isolated_and_dead_lettered_once(
+    stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
+) -> None:
+    """A handler that fails for one blog only: that record goes to the DLQ once, with the
+    exception as its reason; every other record, of its partition and of the others, is
+    handled, and all partitions are committed."""
+    config = config_for(stack, topic)
+    poison_blog = uuid.uuid4()
+    applied: list[tuple[int, int]] = []
+    poison_tries = 0
+
+    async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
+        nonlocal poison_tries
+        if any(e.envelope.payload.blog_id == poison_blog for e in events):
+            poison_tries += len(events) == 1
+            raise ValueError(f"blog {poison_blog} cannot be applied")
+        applied.extend((e.partition, e.offset) for e in events)
+
+    sent: list[tuple[int, int]] = []
+    for partition in (0, 3):
+        for n in range(5):
+            key, value = published_event(poison_blog if (partition, n) == (3, 2) else None)
+            meta = await producer.send_and_wait(topic, value=value, key=key, partition=partition)
+            sent.append((meta.partition, meta.offset))
+
+    registry = CollectorRegistry()
+    consumer = BatchConsumer(config, handler, ConsumerMetrics(registry), decoder=BLOG_DECODER)
+    async with running_batch_consumer(consumer):
+        await wait_until(
+            lambda: _equals(committed(admin, config.group_id), {0: 5, 3: 5}),
+            timeout=30,
+            what="both partitions committed past the poison",
+        )
+        assert consumer.healthy
+    assert sorted(applied) == [position for position in sent if position != (3, 2)]
+    assert poison_tries == 3  # config.record_attempts
+    dead = await read_all(stack, config.dlq_topic, expected=1)
+    assert len(dead) == 1
+    assert dead[0].headers_dict["dlq-source-partition"] == b"3"
+    assert dead[0].headers_dict["dlq-source-offset"] == b"2"
+    assert dead[0].headers_dict["dlq-reason"] == (
+        f"ValueError: blog {poison_blog} cannot be applied".encode()
+    )
+    assert (
+        registry.get_sample_value(
+            "blog_consumer_events_dead_lettered_total", {"group": config.group_id}
+        )
+        == 1.0
+    )
+    isolations = registry.get_sample_value(
+        "blog_consumer_isolations_total", {"group": config.group_id}
+    )
+    assert isolations is not None
+    assert isolations >= 1.0
 
 
 async def test_two_consumers_in_one_group_share_the_six_partitions(

@@ -15,6 +15,8 @@ from service_kit.consumer import (
     ConsumerConfig,
     ConsumerMetrics,
     Decoder,
+    IsTransient,
+    is_transient_by_default,
 )
 from service_kit.consumer.records import E
 from service_kit.kafka_admin import ensure_topics
@@ -62,6 +64,7 @@ async def consuming(
     metrics: ConsumerMetrics | None,
     *,
     decoder: Decoder[E],
+    is_transient: IsTransient = is_transient_by_default,
     partitions: int,
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
 ) -> AsyncIterator[BackgroundConsumer[E]]:
@@ -70,7 +73,7 @@ async def consuming(
     await ensure_topics(
         config.bootstrap_servers, {config.topic: partitions, config.dlq_topic: partitions}
     )
-    consumer = BatchConsumer(config, handler, metrics, decoder=decoder)
+    consumer = BatchConsumer(config, handler, metrics, decoder=decoder, is_transient=is_transient)
     await consumer.start()
     task = asyncio.create_task(consumer.run(), name=f"{config.group_id}-consumer")
     task.add_done_callback(_log_end)

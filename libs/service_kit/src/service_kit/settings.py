@@ -17,6 +17,9 @@ class ConsumerGroupSettings(BaseSettings):
     group_id: str = Field(min_length=1)  # each service sets its own default
     consumer_enabled: bool = True
     max_batch: int = Field(default=500, ge=1, le=10_000)
+    # A record failing in the handler for a reason of its own (not an outage) is tried this many
+    # times alone, then dead-lettered.
+    record_attempts: int = Field(default=3, ge=1, le=100)
     log_level: str = "INFO"
 
     @property
@@ -30,4 +33,5 @@ class ConsumerGroupSettings(BaseSettings):
             group_id=self.group_id,
             dlq_topic=self.dlq_topic,
             max_batch=self.max_batch,
+            record_attempts=self.record_attempts,
         )

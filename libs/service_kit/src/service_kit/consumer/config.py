@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service_kit.consumer.isolation import RetryPolicy
+
 
 @dataclass(frozen=True)
 class ConsumerConfig:
@@ -15,3 +17,16 @@ class ConsumerConfig:
     poll_timeout_ms: int = 200
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
+    # Tries of a record isolated by a record-level failure before it is dead-lettered.
+    record_attempts: int = 3
+    # Handler dead letters in a row after which failures count as systemic (retried, not
+    # dead-lettered) until a record succeeds again.
+    dead_letter_streak_limit: int = 100
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            retry_initial_s=self.retry_initial_s,
+            retry_max_s=self.retry_max_s,
+            record_attempts=self.record_attempts,
+            dead_letter_streak_limit=self.dead_letter_streak_limit,
+        )

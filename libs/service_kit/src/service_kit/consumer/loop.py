@@ -1,5 +1,6 @@
-"""The consumer loop: poll a batch (reading one ahead), dead-letter what does not decode, hand
-the rest to the service's handler, commit after the effect is durable.
+"""The consumer loop: poll a batch (reading one ahead), settle it (`isolation`: undecodable records
+and poison dead-lettered, the rest applied by the service's handler), commit once every record is
+applied or its dead letter is durable.
 
 The batch in hand is processed and committed under a lock that the rebalance listener also
 takes, so a revoked partition is never committed by two owners nor skipped. `stop()` lets the
@@ -25,11 +26,12 @@ from typing import Generic
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from service_kit.backoff import backoff_delay
 from service_kit.consumer.config import ConsumerConfig
 from service_kit.consumer.dead_letter import DeadLetterWriter
+from service_kit.consumer.failures import IsTransient, is_transient_by_default
+from service_kit.consumer.isolation import BatchSettler, Position
 from service_kit.consumer.metrics import ConsumerMetrics
-from service_kit.consumer.offsets import commit_offsets
+from service_kit.consumer.offsets import commit_offsets, settled_prefix_offsets
 from service_kit.consumer.rebalance import BatchLockListener, describe_partitions
 from service_kit.consumer.records import (
     BatchHandler,
@@ -51,11 +53,22 @@ class BatchConsumer(Generic[E]):
         metrics: ConsumerMetrics | None = None,
         *,
         decoder: Decoder[E],
+        is_transient: IsTransient = is_transient_by_default,
     ) -> None:
+        """`decoder` turns record values into events (what it rejects is dead-lettered);
+        `is_transient` tells a dependency outage (retried without limit) from a record-level
+        failure (isolated, then dead-lettered): see `service_kit.consumer.failures`."""
         self.config = config
-        self._handler = handler
         self._decoder = decoder
         self._metrics = metrics if metrics is not None else ConsumerMetrics()
+        self._settler = BatchSettler(
+            config.group_id,
+            handler,
+            is_transient,
+            config.retry_policy(),
+            self._metrics,
+            self._interrupted,
+        )
         self._consumer: AIOKafkaConsumer | None = None
         self._dead_letters: DeadLetterWriter | None = None
         self._stopping = asyncio.Event()
@@ -67,13 +80,12 @@ class BatchConsumer(Generic[E]):
         self._revoke_pending = False
         # Bumped at every revoke: a batch read ahead in an older generation is stale.
         self._generation = 0
-        self._handler_failing = False
 
     @property
     def healthy(self) -> bool:
         """False while the handler is failing, before start(), after stop() or a crash."""
         return (
-            self._consumer is not None and not self._stopped.is_set() and not self._handler_failing
+            self._consumer is not None and not self._stopped.is_set() and not self._settler.failing
         )
 
     @property
@@ -216,58 +228,39 @@ class BatchConsumer(Generic[E]):
             events = [e for e in polled.events if TopicPartition(e.topic, e.partition) in owned]
             undecodable = [(r, why) for r, why in polled.undecodable if is_owned(r)]
 
-        attempt = 0
-        while True:
-            try:
-                # DLQ first, each record once: a retry only redoes what is still pending.
-                while undecodable:
-                    await self._dead_letter(*undecodable[0])
-                    undecodable.pop(0)
-                if events:
-                    await self._handler(events)
-                break
-            except Exception as exc:
-                attempt += 1
-                self._handler_failing = True
-                self._metrics.events_failed.labels(group=group).inc(len(events))
-                delay = backoff_delay(attempt, self.config.retry_initial_s, self.config.retry_max_s)
-                # The traceback once per failing streak; later attempts one line each, so a
-                # minute-long outage does not flood the log.
-                log.log(
-                    logging.ERROR if attempt == 1 else logging.WARNING,
-                    "group %s: batch of %d events failed (attempt %d: %s), retrying in %.2fs",
-                    group,
-                    len(events),
-                    attempt,
-                    f"{type(exc).__name__}: {exc}"[:300],
-                    delay,
-                    exc_info=attempt == 1,
-                )
-                if await self._interrupted(delay):
-                    log.warning(
-                        "group %s: abandoning a failing batch uncommitted (%s); it will be "
-                        "delivered again",
-                        group,
-                        "stopping" if self._stopping.is_set() else "partitions revoked",
-                    )
-                    return
-        self._handler_failing = False
+        by_position: dict[Position, Record] = {(r.topic, r.partition, r.offset): r for r in records}
 
-        if events:
-            self._metrics.events_processed.labels(group=group).inc(len(events))
+        async def dead_letter(position: Position, reason: str) -> None:
+            assert self._dead_letters is not None
+            await self._dead_letters.write(by_position[position], reason)
 
+        settlement = await self._settler.settle(events, undecodable, dead_letter)
+        self._metrics.events_processed.labels(group=group).inc(settlement.applied)
+        if settlement.completed:
+            offsets = commit_offsets(records)
+        else:
+            # What is settled is not redone by the next owner: no second dead letter.
+            offsets = settled_prefix_offsets(records, settlement.settled)
+            log.warning(
+                "group %s: abandoning a failing batch (%s); %d of %d records settled, the rest "
+                "will be delivered again",
+                group,
+                "stopping" if self._stopping.is_set() else "partitions revoked",
+                len(settlement.settled),
+                len(records),
+            )
+            if not offsets:
+                return
         try:
-            await self._consumer.commit(commit_offsets(records))
+            await self._consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # The group moved on (rebalance): the new owner re-reads from the last commit and
             # the idempotent handler turns the redelivery into a no-op.
             log.warning("group %s: commit failed, batch will be redelivered: %s", group, exc)
-        self._metrics.batch_duration_seconds.labels(group=group).observe(time.monotonic() - started)
-
-    async def _dead_letter(self, record: Record, reason: str) -> None:
-        assert self._dead_letters is not None
-        await self._dead_letters.write(record, reason)
-        self._metrics.events_dead_lettered.labels(group=self.config.group_id).inc()
+        if settlement.completed:
+            self._metrics.batch_duration_seconds.labels(group=group).observe(
+                time.monotonic() - started
+            )
 
     async def _interrupted(self, delay: float) -> bool:
         """Sleep `delay` unless stop() or a revoke comes first; True when interrupted."""

@@ -17,6 +17,8 @@ class ConsumerMetrics:
     events_processed: Counter
     events_failed: Counter
     events_dead_lettered: Counter
+    isolations: Counter
+    isolation_seconds: Histogram
     batch_size: Histogram
     batch_duration_seconds: Histogram
 
@@ -39,8 +41,22 @@ class ConsumerMetrics:
         )
         self.events_dead_lettered = Counter(
             "blog_consumer_events_dead_lettered",
-            "Undecodable records sent to the dead-letter topic.",
+            "Records sent to the dead-letter topic (undecodable, or failing in the handler).",
             ["group"],
+            registry=registry,
+        )
+        self.isolations = Counter(
+            "blog_consumer_isolations",
+            "Batches whose handler failed for a record-level reason, so that the failing "
+            "records were isolated (retried alone, then dead-lettered).",
+            ["group"],
+            registry=registry,
+        )
+        self.isolation_seconds = Histogram(
+            "blog_consumer_isolation_seconds",
+            "How long isolating the failing records of a batch held the batch back.",
+            ["group"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=registry,
         )
         self.batch_size = Histogram(

@@ -30,8 +30,8 @@ from blog_testkit import (
 )
 from blog_testkit.faults import CRASH_EXIT_CODE, FAULTY_SERVICE_MODULE, faulty_service_env
 from indexer.app import create_app
-from indexer.documents import BulkItemsFailed
-from indexer.handler import make_batch_handler
+from indexer.documents import BulkItemsUnavailable
+from indexer.handler import IS_TRANSIENT, make_batch_handler
 from indexer.index import ensure_index
 from indexer.settings import IndexerSettings
 from service_kit.consumer import ConsumedEvent
@@ -187,8 +187,10 @@ async def test_a_batch_that_cannot_be_indexed_raises_instead_of_guessing(
     handler = make_batch_handler(es, missing_alias)
     envelope = BlogHistory().publish(uuid.uuid4())
     consumed = ConsumedEvent(envelope=envelope, topic="t", partition=0, offset=0, timestamp_ms=0)
-    with pytest.raises(BulkItemsFailed):
+    with pytest.raises(BulkItemsUnavailable) as failed:
         await handler([consumed])
+    # The alias is missing for every document: an outage to wait out, not poison.
+    assert IS_TRANSIENT(failed.value)
     assert not await es.indices.exists(index=missing_alias)
 
 

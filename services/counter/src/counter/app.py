@@ -21,7 +21,13 @@ from counter import repository
 from counter.counting import fold_newest_per_blog
 from counter.settings import Settings
 from service_kit.background import BackgroundConsumer, consuming
-from service_kit.consumer import BatchHandler, ConsumedEvent, ConsumerMetrics, Decoder
+from service_kit.consumer import (
+    BatchHandler,
+    ConsumedEvent,
+    ConsumerMetrics,
+    Decoder,
+    transient_errors,
+)
 from service_kit.migrations import apply_migrations
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -31,6 +37,20 @@ log = logging.getLogger(__name__)
 
 # The blog contract's decoder: what it rejects is dead-lettered with its message as the reason.
 EVENT_DECODER = Decoder(decode_event, (EventDecodeError,))
+
+# PostgreSQL failures that are not about the events: the server unreachable, restarting or
+# overloaded, a lost connection, a deadlock or serialization conflict, and a schema or permission
+# problem (a deployment to fix, not records to dead-letter). Retried without limit; anything else
+# (a value the schema refuses...) isolates the failing event.
+IS_TRANSIENT = transient_errors(
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.SyntaxOrAccessError,
+    repository.ConcurrentBlogWrite,
+)
 
 BLOG_CHANGES_APPLIED = Counter(
     "counter_blog_changes_applied_total",
@@ -103,6 +123,7 @@ def create_app(
                         handler,
                         metrics,
                         decoder=EVENT_DECODER,
+                        is_transient=IS_TRANSIENT,
                         partitions=settings.topic_partitions,
                     )
                 )

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from blog_events import Envelope, EventDecodeError, decode_event
-from indexer.handler import make_batch_handler
+from indexer.handler import IS_TRANSIENT, make_batch_handler
 from indexer.index import ensure_index
 from indexer.search import (
     MAX_PAGE_SIZE,
@@ -113,6 +113,7 @@ def create_app(
                         handler,
                         consumer_metrics,
                         decoder=EVENT_DECODER,
+                        is_transient=IS_TRANSIENT,
                         partitions=settings.topic_partitions,
                     )
                 )

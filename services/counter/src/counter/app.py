@@ -29,6 +29,7 @@ from service_kit.consumer import (
     transient_errors,
 )
 from service_kit.migrations import apply_migrations
+from service_kit.problems import install_problem_handlers, problem_response, problem_responses
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SCHEMA = "counter"
@@ -60,6 +61,17 @@ BLOG_CHANGES_STALE = Counter(
     "counter_blog_changes_stale_total",
     "Blog versions skipped because an equal or newer version was already applied "
     "(redelivery, duplicate or replay).",
+)
+
+
+# PostgreSQL unreachable for a request: 503 with Retry-After, not 500.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
 )
 
 
@@ -131,11 +143,19 @@ def create_app(
 
     app = FastAPI(title="counter", lifespan=lifespan)
 
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %r", exc)
+        return problem_response(
+            request, 503, "database unavailable, retry later", headers={"Retry-After": "5"}
+        )
+
+    install_problem_handlers(app, extra=dict.fromkeys(DATABASE_UNAVAILABLE, database_unavailable))
+
     def runtime_of(request: Request) -> Runtime:
         runtime: Runtime = request.app.state.runtime
         return runtime
 
-    @app.get("/authors/{author_id}/stats")
+    @app.get("/authors/{author_id}/stats", responses=problem_responses(503))
     async def author_stats(author_id: uuid.UUID, request: Request) -> AuthorStats:
         total = await repository.author_total(runtime_of(request).pool, author_id)
         return AuthorStats(author_id=author_id, total_blogs=total)

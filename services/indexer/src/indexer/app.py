@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import orjson
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
 from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -30,6 +30,14 @@ from indexer.search import (
 from indexer.settings import IndexerSettings
 from service_kit.background import BackgroundConsumer, consuming
 from service_kit.consumer import BatchHandler, ConsumerMetrics, Decoder
+from service_kit.problems import (
+    ProblemError,
+    field_errors,
+    install_problem_handlers,
+    problem_response,
+    problem_responses,
+    problem_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +133,16 @@ def create_app(
         runtime: Runtime = request.app.state.runtime
         return runtime
 
-    @app.exception_handler(TransportError)
-    @app.exception_handler(ApiError)
     async def search_backend_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("Elasticsearch request failed: %s", exc)
-        return JSONResponse({"detail": "search backend unavailable"}, status_code=503)
+        return problem_response(
+            request, 503, "search backend unavailable", headers={"Retry-After": "5"}
+        )
+
+    install_problem_handlers(
+        app,
+        extra={TransportError: search_backend_unavailable, ApiError: search_backend_unavailable},
+    )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -161,7 +174,12 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/search")
+    @app.get(
+        "/search",
+        responses=problem_responses(
+            422, 503, descriptions={422: "Invalid query", 503: "Search unavailable"}
+        ),
+    )
     async def search(
         request: Request,
         q: Annotated[str | None, Query(max_length=500)] = None,
@@ -171,23 +189,37 @@ def create_app(
         size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 10,
     ) -> SearchResponse:
         if page * size > MAX_RESULT_WINDOW:
-            raise HTTPException(
-                status_code=422,
-                detail=f"page * size must not exceed {MAX_RESULT_WINDOW}; narrow the query",
+            message = f"page * size must not exceed {MAX_RESULT_WINDOW}; narrow the query"
+            raise ProblemError(
+                422,
+                message,
+                title="Invalid request",
+                type=problem_type("validation"),
+                errors=field_errors(
+                    [
+                        {"loc": ("query", name), "msg": message, "type": "value_error"}
+                        for name in ("page", "size")
+                    ]
+                ),
             )
         body = search_body(q=q, author=author, tag=tag, page=page, size=size)
         raw = await runtime_of(request).es.search(index=settings.index_alias, **body)
         return search_response(raw.body, page=page, size=size)
 
-    @app.get("/blogs/{blog_id}", responses={404: {"description": "unknown or deleted blog"}})
+    @app.get(
+        "/blogs/{blog_id}",
+        responses=problem_responses(
+            404, 503, descriptions={404: "Unknown or deleted blog", 503: "Search unavailable"}
+        ),
+    )
     async def get_blog(request: Request, blog_id: str) -> BlogDocument:
         try:
             found = await runtime_of(request).es.get(index=settings.index_alias, id=blog_id)
         except NotFoundError:
-            raise HTTPException(status_code=404, detail="blog not found") from None
+            raise ProblemError(404, "blog not found") from None
         source: dict[str, Any] = found.body["_source"]
         if source.get("deleted"):
-            raise HTTPException(status_code=404, detail="blog not found")
+            raise ProblemError(404, "blog not found")
         return BlogDocument.model_validate(source)
 
     return app

@@ -1,12 +1,16 @@
-"""Fault injection for tests, kept out of the services' settings: a consumer service run by
-`python -m blog_testkit.faults` gets its batch handler wrapped by the faults named in the
-environment. Production code only offers the seam (`create_app(settings, wrap_handler=...)`).
+"""Fault injection for tests, kept out of the services' settings: a service run by
+`python -m blog_testkit.faults` gets its batch handler (consumers) or its ASGI app (publisher)
+wrapped by the faults named in the environment. Production code only offers the seams
+(`main(..., wrap_handler=...)`, `main(..., wrap_app=...)`).
 
     BLOG_FAULTY_SERVICE=counter            the service to run (its own settings apply)
     BLOG_FAULT_CRASH_AFTER_BATCHES=1       os._exit(137) after n handled batches, before the
                                            offset commit (effect durable, offsets not committed)
     BLOG_FAULT_FAIL_KEYS=<key>[,<key>...]  the handler raises for a batch holding a record with
                                            one of these keys (the blog id)
+    BLOG_FAULT_KILL_BEFORE_ANSWERING="POST /blogs"
+                                           SIGKILL itself once such a request is done (its
+                                           transaction committed) and before the answer is sent
 
 `faulty_service_env` builds those variables; run the module with the `service_processes`
 fixture (`FAULTY_SERVICE_MODULE` as the module name).
@@ -17,9 +21,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service_kit.consumer import BatchHandler, ConsumedEvent
 
@@ -76,12 +83,37 @@ def fail_for_keys(keys: Collection[bytes]) -> HandlerWrapper:
     return wrap
 
 
+def kill_before_answering(method: str, path: str) -> Callable[[ASGIApp], ASGIApp]:
+    """SIGKILL the process when a `method path` request has been handled (its effect durable)
+    and its answer is about to be sent: the client is left not knowing."""
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        async def dying(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or (scope["method"], scope["path"]) != (method, path):
+                await app(scope, receive, send)
+                return
+
+            async def send_or_die(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    log.critical("%s: killed before answering %s %s", CRASH_LOG_LINE, method, path)
+                    logging.shutdown()
+                    os.kill(os.getpid(), signal.SIGKILL)
+                await send(message)
+
+            await app(scope, receive, send_or_die)
+
+        return dying
+
+    return wrap
+
+
 def faulty_service_env(
     service: str,
     port: int,
     *,
     crash_after: int | None = None,
     fail_keys: Collection[str] = (),
+    kill_before_answering: str | None = None,
 ) -> dict[str, str]:
     """The environment that makes `python -m blog_testkit.faults` run `service` on `port` with
     these faults (merge it over the service's own settings)."""
@@ -90,6 +122,8 @@ def faulty_service_env(
         env["BLOG_FAULT_CRASH_AFTER_BATCHES"] = str(crash_after)
     if fail_keys:
         env["BLOG_FAULT_FAIL_KEYS"] = ",".join(fail_keys)
+    if kill_before_answering:
+        env["BLOG_FAULT_KILL_BEFORE_ANSWERING"] = kill_before_answering
     return env
 
 
@@ -114,7 +148,12 @@ def main() -> int:
         print("set BLOG_FAULTY_SERVICE to the consumer service to run", file=sys.stderr)
         return 2
     entry = importlib.import_module(f"{service}.__main__")
-    code: int = entry.main([], wrap_handler=wrapper_from_env(os.environ))
+    request = os.environ.get("BLOG_FAULT_KILL_BEFORE_ANSWERING")
+    if request:
+        method, _, path = request.partition(" ")
+        code: int = entry.main([], wrap_app=kill_before_answering(method, path))
+    else:
+        code = entry.main([], wrap_handler=wrapper_from_env(os.environ))
     return code
 
 

@@ -6,6 +6,8 @@ Kafka (`blog_testkit.kafka`): `produce`, `read_topic`, `topic_partitions`, `end_
 `committed_offsets`, `commit_offsets`, `group_lag`, `wait_for_zero_lag`, `group_members`,
 `running_batch_consumer`.
 Events (`blog_testkit.events`): `BlogHistory`, `as_record`, `BLOG_DECODER`.
+Faults (`blog_testkit.faults`, `python -m blog_testkit.faults`): a service run with its handler
+or app wrapped (crash after a batch, fail for given keys, die before answering).
 """
 
 from blog_testkit.events import BLOG_DECODER, BlogHistory, as_record

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from publisher import idempotency
 from publisher.dependencies import Runtime
-from publisher.errors import DATABASE_ERRORS, install_error_handlers
+from publisher.errors import install_error_handlers
 from publisher.kafka_status import KafkaStatus
 from publisher.metrics import PublisherMetrics
 from publisher.middleware import (
@@ -53,7 +53,7 @@ async def purge_expired_keys(rt: Runtime) -> None:
     while True:
         try:
             purged = await idempotency.purge_expired(rt.pool, rt.settings.db_timeout_s)
-        except DATABASE_ERRORS as exc:
+        except Exception as exc:  # the next round tries again; the task must not die
             log.warning("idempotency keys: purge failed (%r); next try in %.0fs", exc, interval)
         else:
             if purged:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
 from indexer.settings import IndexerSettings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `make run`'s INDEXER_PORT and friends may be exported in the shell that runs the tests.
+    for name in list(os.environ):
+        if name.startswith("INDEXER_"):
+            monkeypatch.delenv(name)
 
 
 def test_defaults_and_derived_names(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,10 @@ stop() {
 trap 'stop; exit 0' INT TERM
 
 for svc in publisher counter indexer lagmon; do
-  # Each service's output is prefixed with its name; exec keeps the pid the service's own.
-  ( exec "$PY" -u -m "$svc" > >(sed -u "s/^/[$svc] /") 2>&1 ) &
+  # Each service's output is prefixed with its name; exec keeps the pid the service's own. The
+  # prefixer ignores Ctrl-C (which reaches the whole process group): it ends when the service's
+  # output does, so the service's shutdown lines still reach the terminal.
+  ( exec "$PY" -u -m "$svc" > >(trap '' INT; exec sed -u "s/^/[$svc] /") 2>&1 ) &
   pids+=($!)
 done
 

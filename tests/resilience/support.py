@@ -4,17 +4,19 @@ publisher's database, and stopping one server of the shared stack (always starte
 from __future__ import annotations
 
 import asyncio
+import importlib
 import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
-from blog_testkit import committed_offsets, group_lag, group_members
+from blog_testkit import ServiceProcess, committed_offsets, group_lag, group_members, read_topic
 from tests.pipeline import Author, Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,3 +148,43 @@ class ServerOutage:
 async def member_count(bootstrap: str, group: str) -> int:
     """How many members the consumer group has right now (0 once every member left)."""
     return len((await group_members(bootstrap, group))["members"])
+
+
+def settings_of(service: ServiceProcess) -> Any:
+    """The service's own settings, built from the environment the test gave its process (so
+    derived names, like the dead-letter topic, come from the service, not from the test)."""
+    name = service.env.get("BLOG_FAULTY_SERVICE", service.module)
+    module = importlib.import_module(f"{name}.settings")
+    settings_class = getattr(module, "Settings", None) or module.IndexerSettings
+    prefix = f"{name.upper()}_"
+    fields = {
+        key.removeprefix(prefix).lower(): value
+        for key, value in service.env.items()
+        if key.startswith(prefix)
+    }
+    return settings_class(**fields)
+
+
+def dlq_topic_of(service: ServiceProcess) -> str:
+    topic: str = settings_of(service).dlq_topic
+    return topic
+
+
+async def dead_letters_of(
+    bootstrap: str, service: ServiceProcess
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """The records the service's consumer group dead-lettered (its DLQ may be shared)."""
+    group = settings_of(service).group_id
+    return [
+        record
+        for record in await read_topic(bootstrap, dlq_topic_of(service))
+        if dict(record.headers).get("dlq-group") == group.encode()
+    ]
+
+
+async def committed_past(
+    bootstrap: str, group: str, topic: str, partition: int, offset: int
+) -> bool:
+    """Whether `group` has committed beyond `offset` on the partition."""
+    committed = await committed_by_partition(bootstrap, group, topic)
+    return committed.get(partition, 0) > offset

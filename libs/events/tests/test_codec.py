@@ -121,6 +121,12 @@ def _with_payload(**changes: Any) -> bytes:
         pytest.param(_with_payload(event_type="BlogRenamed"), "event_type", id="unknown-type"),
         pytest.param(_with_payload(title="x" * (TITLE_MAX + 1)), "title", id="huge-title"),
         pytest.param(_with_payload(version=0), "version", id="version-zero"),
+        # Consumers store versions as 32-bit integers: the contract bounds them.
+        pytest.param(
+            _with_payload(version=3_000_000_000),
+            "less than or equal to 2147483647",
+            id="version-32-bit",
+        ),
         pytest.param(_with(payload=None), "payload", id="null-payload"),
     ],
 )

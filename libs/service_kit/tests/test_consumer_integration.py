@@ -13,7 +13,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from blog_testkit import BlogHistory, Stack, as_record, running_batch_consumer, wait_until
+from blog_events import Envelope
+from blog_testkit import (
+    BLOG_DECODER,
+    BlogHistory,
+    Stack,
+    as_record,
+    running_batch_consumer,
+    wait_until,
+)
 from service_kit.consumer import BatchConsumer, ConsumedEvent, ConsumerConfig, ConsumerMetrics
 
 pytestmark = pytest.mark.integration
@@ -65,10 +73,10 @@ async def test_batch_is_handled_then_committed(
     stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
 ) -> None:
     config = config_for(stack, topic)
-    handled: list[ConsumedEvent] = []
+    handled: list[ConsumedEvent[Envelope]] = []
     committed_when_handled: list[dict[int, int]] = []
 
-    async def handler(events: Sequence[ConsumedEvent]) -> None:
+    async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
         committed_when_handled.append(await committed(admin, config.group_id))
         handled.extend(events)
 
@@ -76,7 +84,9 @@ async def test_batch_is_handled_then_committed(
     for key, value in sent:
         await producer.send_and_wait(topic, value=value, key=key, partition=2)
 
-    consumer = BatchConsumer(config, handler, ConsumerMetrics(CollectorRegistry()))
+    consumer = BatchConsumer(
+        config, handler, ConsumerMetrics(CollectorRegistry()), decoder=BLOG_DECODER
+    )
     assert not consumer.healthy
     async with running_batch_consumer(consumer):
         await wait_until(
@@ -103,21 +113,21 @@ async def test_failing_handler_gets_the_batch_again_and_only_then_commits(
     calls: list[list[int]] = []
     health_seen: list[bool] = []
     committed_seen: list[dict[int, int]] = []
-    consumer: BatchConsumer
+    consumer: BatchConsumer[Envelope]
 
-    async def handler(events: Sequence[ConsumedEvent]) -> None:
+    async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
         calls.append([e.offset for e in events])
         health_seen.append(consumer.healthy)
         committed_seen.append(await committed(admin, config.group_id))
         if len(calls) <= 2:
-            raise RuntimeError("database is down")
+            raise ConnectionRefusedError("database is down")  # transient: the batch is retried
 
     for _ in range(4):
         key, value = published_event()
         await producer.send_and_wait(topic, value=value, key=key, partition=0)
 
     registry = CollectorRegistry()
-    consumer = BatchConsumer(config, handler, ConsumerMetrics(registry))
+    consumer = BatchConsumer(config, handler, ConsumerMetrics(registry), decoder=BLOG_DECODER)
     async with running_batch_consumer(consumer):
         await wait_until(
             lambda: _equals(committed(admin, config.group_id), {0: 4}),
@@ -143,14 +153,16 @@ async def test_stop_interrupts_the_backoff_and_commits_nothing(
     config = config_for(stack, topic, retry_initial_s=60.0, retry_max_s=60.0)
     calls = 0
 
-    async def handler(events: Sequence[ConsumedEvent]) -> None:
+    async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
         nonlocal calls
         calls += 1
-        raise RuntimeError("always failing")
+        raise ConnectionRefusedError("always failing")
 
     key, value = published_event()
     await producer.send_and_wait(topic, value=value, key=key)
-    consumer = BatchConsumer(config, handler, ConsumerMetrics(CollectorRegistry()))
+    consumer = BatchConsumer(
+        config, handler, ConsumerMetrics(CollectorRegistry()), decoder=BLOG_DECODER
+    )
     await consumer.start()
     task = asyncio.create_task(consumer.run())
     await wait_until(lambda: asyncio.sleep(0, calls >= 1), timeout=30, what="first failure")
@@ -164,9 +176,9 @@ async def test_malformed_record_goes_to_dlq_and_good_ones_around_it_are_handled(
     stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
 ) -> None:
     config = config_for(stack, topic)
-    handled: list[ConsumedEvent] = []
+    handled: list[ConsumedEvent[Envelope]] = []
 
-    async def handler(events: Sequence[ConsumedEvent]) -> None:
+    async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
         handled.extend(events)
 
     good_before, good_after = published_event(), published_event()
@@ -183,7 +195,7 @@ async def test_malformed_record_goes_to_dlq_and_good_ones_around_it_are_handled(
     await producer.send_and_wait(topic, value=b"\xff\x00 garbage", key=None, partition=5)
 
     registry = CollectorRegistry()
-    consumer = BatchConsumer(config, handler, ConsumerMetrics(registry))
+    consumer = BatchConsumer(config, handler, ConsumerMetrics(registry), decoder=BLOG_DECODER)
     async with running_batch_consumer(consumer):
         await wait_until(
             lambda: _equals(committed(admin, config.group_id), {0: 3, 5: 1}),
@@ -213,21 +225,77 @@ async def test_malformed_record_goes_to_dlq_and_good_ones_around_it_are_handled(
     )
 
 
+async def test_a_record_failing_in_the_handler_is_isolated_and_dead_lettered_once(
+    stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
+) -> None:
+    """A handler that fails for one blog only: that record goes to the DLQ once, with the
+    exception as its reason; every other record, of its partition and of the others, is
+    handled, and all partitions are committed."""
+    config = config_for(stack, topic)
+    poison_blog = uuid.uuid4()
+    applied: list[tuple[int, int]] = []
+    poison_tries = 0
+
+    async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
+        nonlocal poison_tries
+        if any(e.envelope.payload.blog_id == poison_blog for e in events):
+            poison_tries += len(events) == 1
+            raise ValueError(f"blog {poison_blog} cannot be applied")
+        applied.extend((e.partition, e.offset) for e in events)
+
+    sent: list[tuple[int, int]] = []
+    for partition in (0, 3):
+        for n in range(5):
+            key, value = published_event(poison_blog if (partition, n) == (3, 2) else None)
+            meta = await producer.send_and_wait(topic, value=value, key=key, partition=partition)
+            sent.append((meta.partition, meta.offset))
+
+    registry = CollectorRegistry()
+    consumer = BatchConsumer(config, handler, ConsumerMetrics(registry), decoder=BLOG_DECODER)
+    async with running_batch_consumer(consumer):
+        await wait_until(
+            lambda: _equals(committed(admin, config.group_id), {0: 5, 3: 5}),
+            timeout=30,
+            what="both partitions committed past the poison",
+        )
+        assert consumer.healthy
+    assert sorted(applied) == [position for position in sent if position != (3, 2)]
+    assert poison_tries == 3  # config.record_attempts
+    dead = await read_all(stack, config.dlq_topic, expected=1)
+    assert len(dead) == 1
+    assert dead[0].headers_dict["dlq-source-partition"] == b"3"
+    assert dead[0].headers_dict["dlq-source-offset"] == b"2"
+    assert dead[0].headers_dict["dlq-reason"] == (
+        f"ValueError: blog {poison_blog} cannot be applied".encode()
+    )
+    assert (
+        registry.get_sample_value(
+            "blog_consumer_events_dead_lettered_total", {"group": config.group_id}
+        )
+        == 1.0
+    )
+    isolations = registry.get_sample_value(
+        "blog_consumer_isolations_total", {"group": config.group_id}
+    )
+    assert isolations is not None
+    assert isolations >= 1.0
+
+
 async def test_two_consumers_in_one_group_share_the_six_partitions(
     stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
 ) -> None:
     config = config_for(stack, topic)
-    handled: dict[str, list[ConsumedEvent]] = {"a": [], "b": []}
+    handled: dict[str, list[ConsumedEvent[Envelope]]] = {"a": [], "b": []}
 
     def handler_for(member: str):  # type: ignore[no-untyped-def]
-        async def handler(events: Sequence[ConsumedEvent]) -> None:
+        async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
             handled[member].extend(events)
 
         return handler
 
     metrics = ConsumerMetrics(CollectorRegistry())
-    member_a = BatchConsumer(config, handler_for("a"), metrics)
-    member_b = BatchConsumer(config, handler_for("b"), metrics)
+    member_a = BatchConsumer(config, handler_for("a"), metrics, decoder=BLOG_DECODER)
+    member_b = BatchConsumer(config, handler_for("b"), metrics, decoder=BLOG_DECODER)
     per_partition = 5
     async with running_batch_consumer(member_a), running_batch_consumer(member_b):
         await wait_until(
@@ -295,6 +363,8 @@ async def read_all(stack: Stack, topic: str, expected: int) -> list[DeadLetter]:
 
 CRASHING_CONSUMER = """
 import asyncio, sys
+from blog_testkit import BLOG_DECODER
+from blog_testkit.faults import crash_after_batches
 from service_kit.consumer import BatchConsumer, ConsumerConfig
 
 async def handler(events):
@@ -302,9 +372,9 @@ async def handler(events):
 
 async def main():
     bootstrap, topic = sys.argv[1], sys.argv[2]
-    config = ConsumerConfig(bootstrap, topic, f"{topic}-group", f"{topic}.dlq",
-                            crash_after_effect_batches=1)
-    await BatchConsumer(config, handler).run()
+    config = ConsumerConfig(bootstrap, topic, f"{topic}-group", f"{topic}.dlq")
+    crashing = crash_after_batches(1)(handler)
+    await BatchConsumer(config, crashing, decoder=BLOG_DECODER).run()
 
 asyncio.run(main())
 """

@@ -22,8 +22,13 @@ from blog_testkit import (
     running_batch_consumer,
     wait_until,
 )
-from service_kit import consumer as consumer_module
-from service_kit.consumer import BatchConsumer, ConsumedEvent, ConsumerConfig, ConsumerMetrics
+from service_kit.consumer import (
+    BatchConsumer,
+    ConsumedEvent,
+    ConsumerConfig,
+    ConsumerMetrics,
+    Decoder,
+)
 from service_kit.redrive import REDRIVEN_FROM_HEADER, redrive
 
 pytestmark = pytest.mark.integration
@@ -43,21 +48,22 @@ class Fix:
     deployed = False
 
     def decode(self, raw: bytes | None) -> Envelope:
-        envelope = decode_event_before_patch(raw)
+        envelope = decode_event(raw)
         if not self.deployed and getattr(envelope.payload, "title", "") == NEEDS_THE_FIX:
             raise EventDecodeError("payload.title: not understood by this version")
         return envelope
 
-
-# The consumer looks `decode_event` up in its module at each record, so patching it there works.
-decode_event_before_patch = decode_event
+    @property
+    def decoder(self) -> Decoder[Envelope]:
+        # The decoder the consumers are given: it consults `deployed` at each record.
+        return Decoder(self.decode, (EventDecodeError,))
 
 
 @contextlib.asynccontextmanager
 async def consuming(
-    stack: Stack, topic: str, group: str, seen: list[str]
+    stack: Stack, topic: str, group: str, seen: list[str], decoder: Decoder[Envelope]
 ) -> AsyncIterator[ConsumerMetrics]:
-    async def handler(events: Sequence[ConsumedEvent]) -> None:
+    async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
         seen.extend(getattr(e.envelope.payload, "title", "") for e in events)
 
     metrics = ConsumerMetrics(CollectorRegistry())
@@ -69,7 +75,7 @@ async def consuming(
         retry_initial_s=0.05,
         retry_max_s=0.2,
     )
-    async with running_batch_consumer(BatchConsumer(config, handler, metrics)):
+    async with running_batch_consumer(BatchConsumer(config, handler, metrics, decoder=decoder)):
         yield metrics
 
 
@@ -78,10 +84,9 @@ def dead_lettered(metrics: ConsumerMetrics, group: str) -> float:
 
 
 async def test_redrive_republishes_each_dead_letter_once_after_the_fix(
-    stack: Stack, topic: str, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, topic: str
 ) -> None:
     fix = Fix()
-    monkeypatch.setattr(consumer_module, "decode_event", fix.decode)
     dlq = f"{topic}.dlq"
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
     await producer.start()
@@ -97,8 +102,8 @@ async def test_redrive_republishes_each_dead_letter_once_after_the_fix(
     seen_b: list[str] = []
     group_a, group_b = f"{topic}-counter", f"{topic}-indexer"
     async with (
-        consuming(stack, topic, group_a, seen_a) as metrics_a,
-        consuming(stack, topic, group_b, seen_b) as metrics_b,
+        consuming(stack, topic, group_a, seen_a, fix.decoder) as metrics_a,
+        consuming(stack, topic, group_b, seen_b, fix.decoder) as metrics_b,
     ):
 
         async def both_dead_lettered(count: int) -> bool:

@@ -35,7 +35,7 @@ class FakeConsumer:
 
 async def test_the_consumer_runs_inside_and_is_stopped_on_exit() -> None:
     fake = FakeConsumer()
-    async with running_batch_consumer(cast(BatchConsumer, fake)) as task:
+    async with running_batch_consumer(cast(BatchConsumer[object], fake)) as task:
         await asyncio.sleep(0)  # let the task begin
         assert fake.calls == ["start", "run"]
         assert not task.done()
@@ -46,6 +46,8 @@ async def test_the_consumer_runs_inside_and_is_stopped_on_exit() -> None:
 async def test_a_consumer_that_does_not_stop_fails_within_the_timeout() -> None:
     fake = FakeConsumer(stops=False)
     with pytest.raises(TimeoutError):
-        async with running_batch_consumer(cast(BatchConsumer, fake), stop_timeout=0.2) as task:
+        async with running_batch_consumer(
+            cast(BatchConsumer[object], fake), stop_timeout=0.2
+        ) as task:
             pass
     assert task.cancelled()

@@ -27,9 +27,14 @@ from blog_testkit import (
     wait_for_zero_lag,
     wait_until,
 )
+from blog_testkit.faults import (
+    CRASH_EXIT_CODE,
+    CRASH_LOG_LINE,
+    FAULTY_SERVICE_MODULE,
+    faulty_service_env,
+)
 from counter.app import create_app
 from counter.settings import Settings
-from service_kit.consumer import CRASH_EXIT_CODE
 
 pytestmark = pytest.mark.integration
 
@@ -184,7 +189,10 @@ async def test_crash_between_effect_and_offset_commit_does_not_count_twice(
     port = free_port()
     env = process_env(stack, database_url, topic, port)
     crashing = service_processes(
-        "counter-crash", "counter", {**env, "COUNTER_CRASH_AFTER_EFFECT_BATCHES": "1"}, port
+        "counter-crash",
+        FAULTY_SERVICE_MODULE,
+        {**env, **faulty_service_env("counter", port, crash_after=1)},
+        port,
     )
     await crashing.start()
 
@@ -196,7 +204,7 @@ async def test_crash_between_effect_and_offset_commit_does_not_count_twice(
 
     returncode = await crashing.wait_exit(SETTLE_TIMEOUT_S)
     assert returncode == CRASH_EXIT_CODE, crashing.log_tail()
-    assert "fault injection: exiting after effect, before commit" in crashing.log_text()
+    assert CRASH_LOG_LINE in crashing.log_text()
     # The crash came after the DB commit and before the offset commit: the effect is there,
     # and Kafka will deliver the same events again.
     assert await blog_rows_in_db(database_url) > 0

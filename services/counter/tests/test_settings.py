@@ -26,18 +26,17 @@ def test_defaults_with_only_the_database_url(monkeypatch: pytest.MonkeyPatch) ->
     assert (settings.group_id, settings.host, settings.port) == ("counter", "127.0.0.1", 8001)
     assert settings.consumer_enabled is True
     assert settings.max_batch == 500
-    assert settings.crash_after_effect_batches is None
+    # Test-only fault injection is not a setting (tests wrap the handler instead).
+    assert not hasattr(settings, "crash_after_effect_batches")
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COUNTER_DATABASE_URL", "postgresql://u@h/db")
     monkeypatch.setenv("COUNTER_TOPIC", "t1")
     monkeypatch.setenv("COUNTER_CONSUMER_ENABLED", "false")
-    monkeypatch.setenv("COUNTER_CRASH_AFTER_EFFECT_BATCHES", "1")
     settings = Settings()
     assert settings.dlq_topic == "t1.dlq"
     assert settings.consumer_enabled is False
-    assert settings.crash_after_effect_batches == 1
 
 
 def test_database_url_is_required() -> None:

@@ -10,7 +10,7 @@ import pytest
 from blog_events import BlogDeleted, BlogPublished, BlogUpdated
 from indexer.documents import (
     BlogEventPayload,
-    BulkItemsFailed,
+    BulkItemsUnavailable,
     bulk_operations,
     check_bulk_response,
     document_for,
@@ -158,17 +158,62 @@ class TestCheckBulkResponse:
         ("status", "error_type"),
         [
             (429, "es_rejected_execution_exception"),
-            (400, "mapper_parsing_exception"),
+            (503, "unavailable_shards_exception"),
+            (500, "some_server_error"),
             (404, "index_not_found_exception"),
-            (409, "some_other_conflict"),
+            (403, "cluster_block_exception"),
         ],
     )
-    def test_any_other_item_error_fails_the_batch(self, status: int, error_type: str) -> None:
+    def test_item_errors_that_are_not_the_documents_fail_the_batch(
+        self, status: int, error_type: str
+    ) -> None:
         response = {
             "errors": True,
-            "items": [index_item("a", 201), index_item("b", status, error_type)],
+            "items": [
+                index_item("a", 201),
+                index_item("b", status, error_type),
+                index_item("c", 400, "document_parsing_exception"),
+            ],
         }
-        with pytest.raises(BulkItemsFailed) as failed:
+        with pytest.raises(BulkItemsUnavailable) as failed:
             check_bulk_response(response)
         assert len(failed.value.failures) == 1
         assert "id=b" in str(failed.value)
+
+    @pytest.mark.parametrize(
+        ("status", "error_type"),
+        [
+            (400, "document_parsing_exception"),
+            (400, "mapper_parsing_exception"),
+            (400, "illegal_argument_exception"),
+            (409, "some_other_conflict"),
+        ],
+    )
+    def test_documents_refused_for_their_content_are_rejected_one_by_one(
+        self, status: int, error_type: str
+    ) -> None:
+        response = {
+            "errors": True,
+            "items": [
+                index_item("a", 201),
+                {
+                    "index": {
+                        "_id": "b",
+                        "status": status,
+                        "error": {
+                            "type": error_type,
+                            "reason": "failed to parse field [tags]",
+                            "caused_by": {"type": "number_format_exception", "reason": "x"},
+                        },
+                    }
+                },
+                index_item("c", 409, "version_conflict_engine_exception"),
+            ],
+        }
+        outcome = check_bulk_response(response)
+        assert outcome.written_ids == ("a",)
+        assert outcome.already_applied == 1
+        assert outcome.rejected == {
+            "b": f"Elasticsearch rejected the document of blog b: {status} {error_type}: "
+            "failed to parse field [tags] (caused by number_format_exception: x)"
+        }

@@ -28,9 +28,10 @@ from blog_testkit import (
     wait_for_zero_lag,
     wait_until,
 )
+from blog_testkit.faults import CRASH_EXIT_CODE, FAULTY_SERVICE_MODULE, faulty_service_env
 from indexer.app import create_app
-from indexer.documents import BulkItemsFailed
-from indexer.handler import make_batch_handler
+from indexer.documents import BulkItemsUnavailable
+from indexer.handler import IS_TRANSIENT, make_batch_handler
 from indexer.index import ensure_index
 from indexer.settings import IndexerSettings
 from service_kit.consumer import ConsumedEvent
@@ -186,8 +187,10 @@ async def test_a_batch_that_cannot_be_indexed_raises_instead_of_guessing(
     handler = make_batch_handler(es, missing_alias)
     envelope = BlogHistory().publish(uuid.uuid4())
     consumed = ConsumedEvent(envelope=envelope, topic="t", partition=0, offset=0, timestamp_ms=0)
-    with pytest.raises(BulkItemsFailed):
+    with pytest.raises(BulkItemsUnavailable) as failed:
         await handler([consumed])
+    # The alias is missing for every document: an outage to wait out, not poison.
+    assert IS_TRANSIENT(failed.value)
     assert not await es.indices.exists(index=missing_alias)
 
 
@@ -394,7 +397,10 @@ async def test_crash_after_the_bulk_before_the_commit_leaves_the_index_exact(
     port = free_port()
     env = process_env(stack, topic, es_prefix, port)
     crashing = service_processes(
-        "indexer-crash", "indexer", {**env, "INDEXER_CRASH_AFTER_EFFECT_BATCHES": "1"}, port
+        "indexer-crash",
+        FAULTY_SERVICE_MODULE,
+        {**env, **faulty_service_env("indexer", port, crash_after=1)},
+        port,
     )
     await crashing.start()
 
@@ -411,7 +417,7 @@ async def test_crash_after_the_bulk_before_the_commit_leaves_the_index_exact(
     await produce(stack.kafka_bootstrap, topic, events)
 
     returncode = await crashing.wait_exit(SETTLE_TIMEOUT_S)
-    assert returncode == 137, crashing.log_tail()
+    assert returncode == CRASH_EXIT_CODE, crashing.log_tail()
     # The crash came after the bulk was acknowledged and before the offset commit: documents
     # are there, and Kafka will deliver the same events again.
     assert len(await indexed_state(es, alias)) > 0

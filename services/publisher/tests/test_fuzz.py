@@ -48,7 +48,7 @@ FUZZ_CONFIG = schemathesis.Config.from_dict(
     {
         "checks": {
             "negative_data_rejection": {
-                "expected-statuses": [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 429]
+                "expected-statuses": [400, 401, 403, 404, 405, 406, 409, 412, 413, 415, 422, 429]
             }
         }
     }

@@ -20,21 +20,35 @@ pytestmark = pytest.mark.integration
 NOT_IDS = ["not-a-uuid", "123", "00000000-0000-0000-0000-00000000000g", "' OR 1=1 --", "%00"]
 
 
-def error_detail(response: httpx.Response, status: int) -> Any:
-    """The `detail` of an error answer, after checking its status and that it is JSON."""
+def problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """An error answer, after checking it is an RFC 9457 problem with this status."""
     assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    detail = response.json()["detail"]
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["title"]
+    assert body["type"]
+    assert body["instance"] == response.request.url.path
+    return body
+
+
+def error_detail(response: httpx.Response, status: int) -> Any:
+    """The `detail` of a problem; for a 422 its list of field `errors`."""
+    body = problem(response, status)
+    detail = body["errors"] if status == 422 else body["detail"]
     assert detail
     return detail
 
 
 def invalid_fields(response: httpx.Response) -> list[tuple[Any, ...]]:
-    """The `loc` of each error of a 422 (FastAPI's `{"detail": [{loc, msg, type}, ...]}`)."""
-    detail = error_detail(response, 422)
-    assert isinstance(detail, list)
-    assert all(isinstance(err["msg"], str) and err["msg"] for err in detail)
-    return [tuple(err["loc"]) for err in detail]
+    """The `loc` of each field error of a 422 problem (`errors: [{loc, field, message, type}]`)."""
+    errors = error_detail(response, 422)
+    assert isinstance(errors, list)
+    for err in errors:
+        assert isinstance(err["message"], str)
+        assert err["message"]
+        assert err["field"] == ".".join(str(part) for part in err["loc"])
+    return [tuple(err["loc"]) for err in errors]
 
 
 async def blog_count(db: asyncpg.Connection) -> int:
@@ -101,7 +115,7 @@ async def test_invalid_utf8_is_422_naming_the_body(
         response = await publisher.client.request(method, url, content=invalid, headers=headers)
         errors = error_detail(response, 422)
         assert errors[0]["loc"] == ["body"]
-        assert "UTF-8" in errors[0]["msg"]
+        assert "UTF-8" in errors[0]["message"]
     assert await blog_count(db) == 1
     assert await db.fetchval("SELECT version FROM publisher.blogs") == 1
 
@@ -238,9 +252,9 @@ async def test_bad_query_parameters_are_422_naming_them(
     assert error_detail(response, 404) == "blog version not found"
 
 
-async def test_unknown_routes_and_methods_answer_json(publisher: RunningPublisher) -> None:
-    assert error_detail(await publisher.client.get("/nope"), 404) == "Not Found"
-    assert error_detail(await publisher.client.patch("/blogs"), 405) == "Method Not Allowed"
+async def test_unknown_routes_and_methods_answer_problems(publisher: RunningPublisher) -> None:
+    assert problem(await publisher.client.get("/nope"), 404)["title"] == "Not Found"
+    assert problem(await publisher.client.patch("/blogs"), 405)["title"] == "Method Not Allowed"
 
 
 # --- part 6: security --------------------------------------------------------------------------

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from publisher.app import printable
 from publisher.models import BlogDraft
 from publisher.ratelimit import PRUNE_ABOVE_BUCKETS, TokenBucketLimiter, retry_after_header
 from publisher.settings import PublisherSettings
+from service_kit.problems import printable
 
 
 class FakeClock:

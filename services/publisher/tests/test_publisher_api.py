@@ -45,8 +45,10 @@ async def test_post_writes_blog_and_outbox_row(
     accepted = response.json()
     blog_id = uuid.UUID(accepted["id"])
     assert accepted["version"] == 1
-    assert response.headers["Location"] == f"/blogs/{blog_id}"
+    # Location is where to follow the write: its status URL.
     assert accepted["status_url"] == f"/blogs/{blog_id}/status?version=1"
+    assert response.headers["Location"] == accepted["status_url"]
+    assert response.headers["ETag"] == '"1"'
 
     blog = await db.fetchrow("SELECT * FROM publisher.blogs WHERE id = $1", blog_id)
     assert blog is not None
@@ -90,7 +92,14 @@ async def test_failed_outbox_insert_leaves_no_blog(
     )
     response = await publisher.client.post("/blogs", json=draft(), headers=author.headers)
     assert response.status_code == 500
-    assert response.json() == {"detail": "internal server error"}
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
+        "detail": "internal server error",
+        "instance": "/blogs",
+    }
     assert await db.fetchval("SELECT count(*) FROM publisher.blogs") == 0
     assert await db.fetchval("SELECT count(*) FROM publisher.outbox") == 0
 
@@ -156,13 +165,13 @@ async def test_validation_and_size_limits(
             "/blogs", json={**draft(), "author_id": str(uuid.uuid4())}, headers=author.headers
         )
         assert response.status_code == 422
-        assert any(err["loc"][-1] == "author_id" for err in response.json()["detail"])
+        assert any(err["loc"][-1] == "author_id" for err in response.json()["errors"])
 
         response = await client.post(
             "/blogs", json=draft(tags=[f"t{i}" for i in range(11)]), headers=author.headers
         )
         assert response.status_code == 422
-        assert response.json()["detail"][0]["loc"] == ["body", "tags"]
+        assert response.json()["errors"][0]["loc"] == ["body", "tags"]
 
         response = await client.post(
             "/blogs",

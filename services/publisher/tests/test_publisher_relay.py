@@ -293,7 +293,11 @@ async def test_service_process_cli_and_graceful_shutdown(
     )
     out, _ = await migrate.communicate()
     assert migrate.returncode == 0
-    assert json.loads(out)["applied"] == ["001_init.sql"]
+    assert json.loads(out)["applied"] == [
+        "001_init.sql",
+        "002_outbox_parking.sql",
+        "003_idempotency_keys.sql",
+    ]
     create = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -18,6 +18,10 @@ TITLE_MAX = 300
 BODY_MAX = 100_000
 TAG_MAX = 40
 TAGS_MAX = 10
+# Versions are stored as 32-bit integers by the publisher and the counter (PostgreSQL `integer`):
+# the contract says so, so a larger one is refused at decoding (dead-lettered with that reason)
+# instead of failing a consumer's write.
+VERSION_MAX = 2**31 - 1
 
 
 class _Frozen(BaseModel):
@@ -32,7 +36,7 @@ class BlogPublished(_Frozen):
     event_type: Literal["BlogPublished"] = "BlogPublished"
     blog_id: uuid.UUID
     author_id: uuid.UUID
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=VERSION_MAX)
     title: str = Field(min_length=1, max_length=TITLE_MAX)
     body: str = Field(max_length=BODY_MAX)
     tags: tuple[Tag, ...] = Field(default=(), max_length=TAGS_MAX)
@@ -43,7 +47,7 @@ class BlogUpdated(_Frozen):
     event_type: Literal["BlogUpdated"] = "BlogUpdated"
     blog_id: uuid.UUID
     author_id: uuid.UUID
-    version: int = Field(ge=2)
+    version: int = Field(ge=2, le=VERSION_MAX)
     title: str = Field(min_length=1, max_length=TITLE_MAX)
     body: str = Field(max_length=BODY_MAX)
     tags: tuple[Tag, ...] = Field(default=(), max_length=TAGS_MAX)
@@ -55,7 +59,7 @@ class BlogDeleted(_Frozen):
     event_type: Literal["BlogDeleted"] = "BlogDeleted"
     blog_id: uuid.UUID
     author_id: uuid.UUID
-    version: int = Field(ge=2)
+    version: int = Field(ge=2, le=VERSION_MAX)
     deleted_at: datetime
 
 

@@ -7,8 +7,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Generic
 
-from service_kit.consumer import BatchConsumer, BatchHandler, ConsumerConfig, ConsumerMetrics
+from service_kit.consumer import (
+    BatchConsumer,
+    BatchHandler,
+    ConsumerConfig,
+    ConsumerMetrics,
+    Decoder,
+    IsTransient,
+    is_transient_by_default,
+)
+from service_kit.consumer.records import E
 from service_kit.kafka_admin import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -17,8 +27,8 @@ log = logging.getLogger(__name__)
 DEFAULT_STOP_TIMEOUT_S = 20.0
 
 
-class BackgroundConsumer:
-    def __init__(self, consumer: BatchConsumer, task: asyncio.Task[None]) -> None:
+class BackgroundConsumer(Generic[E]):
+    def __init__(self, consumer: BatchConsumer[E], task: asyncio.Task[None]) -> None:
         self.consumer = consumer
         self.task = task
 
@@ -50,18 +60,20 @@ def _log_end(task: asyncio.Task[None]) -> None:
 @contextlib.asynccontextmanager
 async def consuming(
     config: ConsumerConfig,
-    handler: BatchHandler,
+    handler: BatchHandler[E],
     metrics: ConsumerMetrics | None,
     *,
+    decoder: Decoder[E],
+    is_transient: IsTransient = is_transient_by_default,
     partitions: int,
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
-) -> AsyncIterator[BackgroundConsumer]:
+) -> AsyncIterator[BackgroundConsumer[E]]:
     """Ensure the topic and its DLQ exist, run the consumer in the background while the block
     runs, and stop it gracefully when the block exits."""
     await ensure_topics(
         config.bootstrap_servers, {config.topic: partitions, config.dlq_topic: partitions}
     )
-    consumer = BatchConsumer(config, handler, metrics)
+    consumer = BatchConsumer(config, handler, metrics, decoder=decoder, is_transient=is_transient)
     await consumer.start()
     task = asyncio.create_task(consumer.run(), name=f"{config.group_id}-consumer")
     task.add_done_callback(_log_end)

@@ -6,20 +6,20 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
-from blog_events import TOPIC
 from service_kit.consumer import ConsumerConfig
 
 
 class ConsumerGroupSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
-    topic: str = Field(default=TOPIC, min_length=1)
+    topic: str = Field(min_length=1)  # each service sets its own default
     # Partition count used only when the service has to create the topic itself.
     topic_partitions: int = Field(default=6, ge=1)
     group_id: str = Field(min_length=1)  # each service sets its own default
     consumer_enabled: bool = True
     max_batch: int = Field(default=500, ge=1, le=10_000)
-    # Fault injection for tests only: exit after this many applied batches, before committing.
-    crash_after_effect_batches: int | None = Field(default=None, ge=1)
+    # A record failing in the handler for a reason of its own (not an outage) is tried this many
+    # times alone, then dead-lettered.
+    record_attempts: int = Field(default=3, ge=1, le=100)
     log_level: str = "INFO"
 
     @property
@@ -33,5 +33,5 @@ class ConsumerGroupSettings(BaseSettings):
             group_id=self.group_id,
             dlq_topic=self.dlq_topic,
             max_batch=self.max_batch,
-            crash_after_effect_batches=self.crash_after_effect_batches,
+            record_attempts=self.record_attempts,
         )

@@ -10,9 +10,15 @@ from blog_events import (
     BlogPublished,
     BlogUpdated,
     Envelope,
+    EventDecodeError,
+    decode_event,
     encode_event,
     new_envelope,
 )
+from service_kit.consumer import Decoder
+
+# The blog contract's decoder, as the services pass it to their BatchConsumer.
+BLOG_DECODER = Decoder(decode_event, (EventDecodeError,))
 
 BlogPayload = BlogPublished | BlogUpdated | BlogDeleted
 

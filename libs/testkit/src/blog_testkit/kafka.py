@@ -41,7 +41,7 @@ async def plain_consumer(bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
 
 @contextlib.asynccontextmanager
 async def running_batch_consumer(
-    consumer: BatchConsumer,
+    consumer: BatchConsumer[Any],
     stop_timeout: float = 30.0,
 ) -> AsyncIterator[asyncio.Task[None]]:
     """`consumer` started and running in a task (yielded); on exit it is stopped and the task

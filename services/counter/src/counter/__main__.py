@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from blog_events import Envelope
 from counter.app import create_app, migrate
 from counter.settings import Settings
+from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
 from service_kit.serving import run_http_service
 
@@ -19,7 +22,12 @@ from service_kit.serving import run_http_service
 GRACEFUL_SHUTDOWN_S = 10
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    *,
+    wrap_handler: Callable[[BatchHandler[Envelope]], BatchHandler[Envelope]] | None = None,
+) -> int:
+    """`wrap_handler`: fault injection for tests (`python -m blog_testkit.faults`)."""
     parser = argparse.ArgumentParser(prog="python -m counter")
     parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
     args = parser.parse_args(argv)
@@ -33,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         applied = asyncio.run(migrate(settings))
         print(f"applied: {', '.join(applied)}" if applied else "migrations up to date")
         return 0
-    run_http_service(create_app(settings), settings.host, settings.port, GRACEFUL_SHUTDOWN_S)
+    run_http_service(
+        create_app(settings, wrap_handler=wrap_handler),
+        settings.host,
+        settings.port,
+        GRACEFUL_SHUTDOWN_S,
+    )
     return 0
 
 

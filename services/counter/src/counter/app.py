@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,17 +16,42 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel
 
+from blog_events import Envelope, EventDecodeError, decode_event
 from counter import repository
 from counter.counting import fold_newest_per_blog
 from counter.settings import Settings
 from service_kit.background import BackgroundConsumer, consuming
-from service_kit.consumer import ConsumedEvent, ConsumerMetrics
+from service_kit.consumer import (
+    BatchHandler,
+    ConsumedEvent,
+    ConsumerMetrics,
+    Decoder,
+    transient_errors,
+)
 from service_kit.migrations import apply_migrations
+from service_kit.problems import install_problem_handlers, problem_response, problem_responses
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SCHEMA = "counter"
 
 log = logging.getLogger(__name__)
+
+# The blog contract's decoder: what it rejects is dead-lettered with its message as the reason.
+EVENT_DECODER = Decoder(decode_event, (EventDecodeError,))
+
+# PostgreSQL failures that are not about the events: the server unreachable, restarting or
+# overloaded, a lost connection, a deadlock or serialization conflict, and a schema or permission
+# problem (a deployment to fix, not records to dead-letter). Retried without limit; anything else
+# (a value the schema refuses...) isolates the failing event.
+IS_TRANSIENT = transient_errors(
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.SyntaxOrAccessError,
+    repository.ConcurrentBlogWrite,
+)
 
 BLOG_CHANGES_APPLIED = Counter(
     "counter_blog_changes_applied_total",
@@ -36,6 +61,17 @@ BLOG_CHANGES_STALE = Counter(
     "counter_blog_changes_stale_total",
     "Blog versions skipped because an equal or newer version was already applied "
     "(redelivery, duplicate or replay).",
+)
+
+
+# PostgreSQL unreachable for a request: 503 with Retry-After, not 500.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
 )
 
 
@@ -50,7 +86,7 @@ class CountingHandler:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def __call__(self, batch: Sequence[ConsumedEvent]) -> None:
+    async def __call__(self, batch: Sequence[ConsumedEvent[Envelope]]) -> None:
         newest = fold_newest_per_blog(event.envelope for event in batch)
         plan = await repository.apply_changes(self._pool, newest)
         BLOG_CHANGES_APPLIED.inc(len(plan.changes))
@@ -60,7 +96,7 @@ class CountingHandler:
 @dataclass
 class Runtime:
     pool: asyncpg.Pool
-    consumer: BackgroundConsumer | None = None  # None: consumption disabled, API only
+    consumer: BackgroundConsumer[Envelope] | None = None  # None: consumption disabled, API only
 
     @property
     def consumer_healthy(self) -> bool:
@@ -71,7 +107,12 @@ async def migrate(settings: Settings) -> list[str]:
     return await apply_migrations(settings.database_url, SCHEMA, MIGRATIONS_DIR)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    wrap_handler: Callable[[BatchHandler[Envelope]], BatchHandler[Envelope]] | None = None,
+) -> FastAPI:
+    """`wrap_handler` is a seam for tests (fault injection around the batch handler)."""
     metrics = ConsumerMetrics() if settings.consumer_enabled else None
 
     @contextlib.asynccontextmanager
@@ -82,6 +123,9 @@ def create_app(settings: Settings) -> FastAPI:
                 log.info("applied migrations: %s", ", ".join(applied))
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
         runtime = Runtime(pool=pool)
+        handler: BatchHandler[Envelope] = CountingHandler(pool)
+        if wrap_handler is not None:
+            handler = wrap_handler(handler)
         app.state.runtime = runtime
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(pool.close)
@@ -89,8 +133,10 @@ def create_app(settings: Settings) -> FastAPI:
                 runtime.consumer = await stack.enter_async_context(
                     consuming(
                         settings.consumer_config(),
-                        CountingHandler(pool),
+                        handler,
                         metrics,
+                        decoder=EVENT_DECODER,
+                        is_transient=IS_TRANSIENT,
                         partitions=settings.topic_partitions,
                     )
                 )
@@ -98,11 +144,19 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="counter", lifespan=lifespan)
 
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %r", exc)
+        return problem_response(
+            request, 503, "database unavailable, retry later", headers={"Retry-After": "5"}
+        )
+
+    install_problem_handlers(app, extra=dict.fromkeys(DATABASE_UNAVAILABLE, database_unavailable))
+
     def runtime_of(request: Request) -> Runtime:
         runtime: Runtime = request.app.state.runtime
         return runtime
 
-    @app.get("/authors/{author_id}/stats")
+    @app.get("/authors/{author_id}/stats", responses=problem_responses(503))
     async def author_stats(author_id: uuid.UUID, request: Request) -> AuthorStats:
         total = await repository.author_total(runtime_of(request).pool, author_id)
         return AuthorStats(author_id=author_id, total_blogs=total)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 
 from elasticsearch import AsyncElasticsearch
 from pydantic import ValidationError
 
+from blog_events import Envelope
 from indexer.app import create_app
 from indexer.index import ensure_index
 from indexer.settings import IndexerSettings
+from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
 from service_kit.serving import run_http_service
 
@@ -24,7 +27,12 @@ async def _migrate(settings: IndexerSettings) -> None:
         await es.close()
 
 
-def main(argv: list[str]) -> int:
+def main(
+    argv: list[str],
+    *,
+    wrap_handler: Callable[[BatchHandler[Envelope]], BatchHandler[Envelope]] | None = None,
+) -> int:
+    """`wrap_handler`: fault injection for tests (`python -m blog_testkit.faults`)."""
     try:
         settings = IndexerSettings()
     except ValidationError as exc:
@@ -38,7 +46,7 @@ def main(argv: list[str]) -> int:
     if argv:
         print(f"usage: python -m indexer [migrate]; got {' '.join(argv)!r}", file=sys.stderr)
         return 2
-    run_http_service(create_app(settings), settings.host, settings.port)
+    run_http_service(create_app(settings, wrap_handler=wrap_handler), settings.host, settings.port)
     return 0
 
 

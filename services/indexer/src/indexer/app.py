@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
 from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from indexer.handler import make_batch_handler
+from blog_events import Envelope, EventDecodeError, decode_event
+from indexer.handler import IS_TRANSIENT, make_batch_handler
 from indexer.index import ensure_index
 from indexer.search import (
     MAX_PAGE_SIZE,
@@ -28,9 +29,20 @@ from indexer.search import (
 )
 from indexer.settings import IndexerSettings
 from service_kit.background import BackgroundConsumer, consuming
-from service_kit.consumer import ConsumerMetrics
+from service_kit.consumer import BatchHandler, ConsumerMetrics, Decoder
+from service_kit.problems import (
+    ProblemError,
+    field_errors,
+    install_problem_handlers,
+    problem_response,
+    problem_responses,
+    problem_type,
+)
 
 log = logging.getLogger(__name__)
+
+# The blog contract's decoder: what it rejects is dead-lettered with its message as the reason.
+EVENT_DECODER = Decoder(decode_event, (EventDecodeError,))
 
 # Elasticsearch may still be starting when the service does (compose, a fresh stack).
 ES_STARTUP_TIMEOUT_S = 60.0
@@ -61,7 +73,7 @@ def elasticsearch_client(url: str) -> AsyncElasticsearch:
 @dataclass
 class Runtime:
     es: AsyncElasticsearch
-    consumer: BackgroundConsumer | None = None  # None: consumption disabled, search only
+    consumer: BackgroundConsumer[Envelope] | None = None  # None: consumption disabled, search only
 
     @property
     def consumer_healthy(self) -> bool:
@@ -84,7 +96,12 @@ async def _ensure_index_when_reachable(es: AsyncElasticsearch, settings: Indexer
             delay = min(delay * 2, 5.0)
 
 
-def create_app(settings: IndexerSettings) -> FastAPI:
+def create_app(
+    settings: IndexerSettings,
+    *,
+    wrap_handler: Callable[[BatchHandler[Envelope]], BatchHandler[Envelope]] | None = None,
+) -> FastAPI:
+    """`wrap_handler` is a seam for tests (fault injection around the batch handler)."""
     consumer_metrics = ConsumerMetrics() if settings.consumer_enabled else None
 
     @contextlib.asynccontextmanager
@@ -96,11 +113,16 @@ def create_app(settings: IndexerSettings) -> FastAPI:
             if settings.migrate_on_start:
                 await _ensure_index_when_reachable(runtime.es, settings)
             if consumer_metrics is not None:
+                handler = make_batch_handler(runtime.es, settings.index_alias)
+                if wrap_handler is not None:
+                    handler = wrap_handler(handler)
                 runtime.consumer = await stack.enter_async_context(
                     consuming(
                         settings.consumer_config(),
-                        make_batch_handler(runtime.es, settings.index_alias),
+                        handler,
                         consumer_metrics,
+                        decoder=EVENT_DECODER,
+                        is_transient=IS_TRANSIENT,
                         partitions=settings.topic_partitions,
                     )
                 )
@@ -112,11 +134,16 @@ def create_app(settings: IndexerSettings) -> FastAPI:
         runtime: Runtime = request.app.state.runtime
         return runtime
 
-    @app.exception_handler(TransportError)
-    @app.exception_handler(ApiError)
     async def search_backend_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("Elasticsearch request failed: %s", exc)
-        return JSONResponse({"detail": "search backend unavailable"}, status_code=503)
+        return problem_response(
+            request, 503, "search backend unavailable", headers={"Retry-After": "5"}
+        )
+
+    install_problem_handlers(
+        app,
+        extra={TransportError: search_backend_unavailable, ApiError: search_backend_unavailable},
+    )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -148,7 +175,12 @@ def create_app(settings: IndexerSettings) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/search")
+    @app.get(
+        "/search",
+        responses=problem_responses(
+            422, 503, descriptions={422: "Invalid query", 503: "Search unavailable"}
+        ),
+    )
     async def search(
         request: Request,
         q: Annotated[str | None, Query(max_length=500)] = None,
@@ -158,23 +190,37 @@ def create_app(settings: IndexerSettings) -> FastAPI:
         size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 10,
     ) -> SearchResponse:
         if page * size > MAX_RESULT_WINDOW:
-            raise HTTPException(
-                status_code=422,
-                detail=f"page * size must not exceed {MAX_RESULT_WINDOW}; narrow the query",
+            message = f"page * size must not exceed {MAX_RESULT_WINDOW}; narrow the query"
+            raise ProblemError(
+                422,
+                message,
+                title="Invalid request",
+                type=problem_type("validation"),
+                errors=field_errors(
+                    [
+                        {"loc": ("query", name), "msg": message, "type": "value_error"}
+                        for name in ("page", "size")
+                    ]
+                ),
             )
         body = search_body(q=q, author=author, tag=tag, page=page, size=size)
         raw = await runtime_of(request).es.search(index=settings.index_alias, **body)
         return search_response(raw.body, page=page, size=size)
 
-    @app.get("/blogs/{blog_id}", responses={404: {"description": "unknown or deleted blog"}})
+    @app.get(
+        "/blogs/{blog_id}",
+        responses=problem_responses(
+            404, 503, descriptions={404: "Unknown or deleted blog", 503: "Search unavailable"}
+        ),
+    )
     async def get_blog(request: Request, blog_id: str) -> BlogDocument:
         try:
             found = await runtime_of(request).es.get(index=settings.index_alias, id=blog_id)
         except NotFoundError:
-            raise HTTPException(status_code=404, detail="blog not found") from None
+            raise ProblemError(404, "blog not found") from None
         source: dict[str, Any] = found.body["_source"]
         if source.get("deleted"):
-            raise HTTPException(status_code=404, detail="blog not found")
+            raise ProblemError(404, "blog not found")
         return BlogDocument.model_validate(source)
 
     return app

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from blog_events import BlogDeleted, BlogPublished, BlogUpdated
@@ -79,15 +79,31 @@ def bulk_operations(index: str, newest: Iterable[BlogEventPayload]) -> list[dict
     return operations
 
 
-class BulkItemsFailed(RuntimeError):
-    """Some bulk items failed for a reason other than "already applied": retry the batch."""
+# Item errors that say the index as a whole cannot take writes now, whatever the document: a
+# write block, a missing alias or index, unavailable shards. Retried like an outage.
+INDEX_WIDE_ERRORS = frozenset(
+    {
+        "cluster_block_exception",
+        "index_not_found_exception",
+        "index_closed_exception",
+        "no_shard_available_action_exception",
+        "unavailable_shards_exception",
+        "es_rejected_execution_exception",
+        "circuit_breaking_exception",
+    }
+)
+
+
+class BulkItemsUnavailable(RuntimeError):
+    """Some bulk items failed for a reason that is not theirs (429, 5xx, an index-wide block):
+    a transient failure, the batch is retried as a whole (idempotent by versions)."""
 
     def __init__(self, failures: Sequence[Mapping[str, Any]]) -> None:
         self.failures = list(failures)
         first = failures[0]
         super().__init__(
             f"{len(failures)} bulk item(s) failed; first: id={first.get('_id')} "
-            f"status={first.get('status')} error={first.get('error')}"
+            f"status={first.get('status')} error={_error_text(first.get('error'))}"
         )
 
 
@@ -95,26 +111,46 @@ class BulkItemsFailed(RuntimeError):
 class BulkOutcome:
     written_ids: tuple[str, ...]  # documents stored at a newer version
     already_applied: int  # version conflicts: the index already holds this version or a newer one
+    # Documents Elasticsearch refused for what they hold (4xx: a value the mapping cannot
+    # parse...): blog id -> why. Retried alone, then dead-lettered.
+    rejected: Mapping[str, str] = field(default_factory=dict)
+
+
+def item_is_transient(status: int, error_type: str | None) -> bool:
+    return status == 429 or status >= 500 or error_type in INDEX_WIDE_ERRORS
 
 
 def check_bulk_response(response: Mapping[str, Any]) -> BulkOutcome:
-    """Count the items; raise `BulkItemsFailed` if any failed other than by a version conflict."""
+    """Judge each item: written, already applied (version conflict), rejected for its own
+    content (4xx), or failed for a reason that is not its own; the last raise
+    `BulkItemsUnavailable` (the whole batch is retried)."""
     written_ids: list[str] = []
     already_applied = 0
-    failures: list[Mapping[str, Any]] = []
+    rejected: dict[str, str] = {}
+    unavailable: list[Mapping[str, Any]] = []
     for item in response.get("items", []):
         # Each item is {"<op type>": {...}}; we only send `index` ops.
         result: Mapping[str, Any] = next(iter(item.values()))
         error = result.get("error")
+        status = int(result.get("status") or 0)
+        error_type = _error_type(error)
         if error is None:
             written_ids.append(str(result.get("_id")))
-        elif result.get("status") == 409 and _error_type(error) == VERSION_CONFLICT:
+        elif status == 409 and error_type == VERSION_CONFLICT:
             already_applied += 1
+        elif item_is_transient(status, error_type):
+            unavailable.append(result)
         else:
-            failures.append(result)
-    if failures:
-        raise BulkItemsFailed(failures)
-    return BulkOutcome(written_ids=tuple(written_ids), already_applied=already_applied)
+            blog_id = str(result.get("_id"))
+            rejected[blog_id] = (
+                f"Elasticsearch rejected the document of blog {blog_id}: "
+                f"{status} {_error_text(error)}"
+            )
+    if unavailable:
+        raise BulkItemsUnavailable(unavailable)
+    return BulkOutcome(
+        written_ids=tuple(written_ids), already_applied=already_applied, rejected=rejected
+    )
 
 
 def _error_type(error: Any) -> str | None:
@@ -122,3 +158,14 @@ def _error_type(error: Any) -> str | None:
         error_type = error.get("type")
         return error_type if isinstance(error_type, str) else None
     return None
+
+
+def _error_text(error: Any) -> str:
+    """`type: reason` of an item error (its cause's too, where the real reason usually is)."""
+    if not isinstance(error, Mapping):
+        return str(error)
+    text = f"{error.get('type')}: {error.get('reason')}"
+    cause = error.get("caused_by")
+    if isinstance(cause, Mapping):
+        text += f" (caused by {cause.get('type')}: {cause.get('reason')})"
+    return text

@@ -15,3 +15,8 @@ VERSION_CONFLICTS = Counter(
     "Bulk items rejected because the index already held that version or a newer one "
     "(redelivered, duplicated or replayed events: already applied).",
 )
+DOCUMENTS_REJECTED = Counter(
+    "indexer_documents_rejected_total",
+    "Bulk items Elasticsearch refused for their content (4xx other than a version conflict); "
+    "their events are retried alone, then dead-lettered.",
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from blog_events import TOPIC
 from service_kit.settings import ConsumerGroupSettings
 
 
@@ -12,6 +13,7 @@ class IndexerSettings(ConsumerGroupSettings):
     model_config = SettingsConfigDict(env_prefix="INDEXER_", extra="ignore", frozen=True)
 
     es_url: str = Field(min_length=1)
+    topic: str = Field(default=TOPIC, min_length=1)
     group_id: str = Field(default="indexer", min_length=1)
     index_alias: str = Field(default="blogs", min_length=1, pattern=r"^[a-z0-9][a-z0-9._-]*$")
     host: str = "127.0.0.1"

@@ -19,6 +19,7 @@ from lagmon.metrics import MonitorMetrics
 from lagmon.monitor import LagMonitor
 from lagmon.sampler import Sampler
 from lagmon.settings import Settings
+from service_kit.problems import ProblemError, install_problem_handlers, problem_responses
 
 PAGE_HTML = resources.files("lagmon").joinpath("page.html").read_text(encoding="utf-8")
 
@@ -56,16 +57,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="lagmon", lifespan=lifespan)
     app.state.sampler = sampler
+    install_problem_handlers(app)
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE_HTML)
 
-    @app.get("/api/lag")
+    @app.get("/api/lag", responses=problem_responses(503))
     async def lag() -> JSONResponse:
         snapshot = monitor.latest
         if snapshot is None:
-            return JSONResponse({"error": "no sample yet"}, status_code=503)
+            raise ProblemError(503, "no sample yet", headers={"Retry-After": "5"})
         body = snapshot.to_json()
         body["poll_interval_s"] = settings.poll_interval_s
         body["window_s"] = settings.window_s

@@ -1,4 +1,5 @@
-"""`python -m publisher [serve | migrate | create-author --name N | revoke-token --token T]`."""
+"""`python -m publisher [serve | migrate | create-author --name N | revoke-token --token T |
+outbox list-parked | outbox retry-parked (--id N ... | --all)]`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 
 import asyncpg
+from starlette.types import ASGIApp
 
+from publisher import parking
 from publisher.app import MIGRATIONS_DIR, SCHEMA, create_app
 from publisher.auth import create_author, revoke_token
 from publisher.settings import PublisherSettings
@@ -17,8 +21,11 @@ from service_kit.migrations import apply_migrations
 from service_kit.serving import run_http_service
 
 
-def serve(settings: PublisherSettings) -> int:
-    run_http_service(create_app(settings), settings.host, settings.port, graceful_timeout_s=20)
+def serve(settings: PublisherSettings, wrap_app: Callable[[ASGIApp], ASGIApp] | None = None) -> int:
+    app: ASGIApp = create_app(settings)
+    if wrap_app is not None:
+        app = wrap_app(app)
+    run_http_service(app, settings.host, settings.port, graceful_timeout_s=20)
     return 0
 
 
@@ -49,7 +56,36 @@ async def revoke_token_command(settings: PublisherSettings, token: str) -> int:
     return 0 if revoked else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+async def list_parked_command(settings: PublisherSettings) -> int:
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        rows = await parking.list_parked(conn)
+    finally:
+        await conn.close()
+    for row in rows:
+        print(json.dumps(row.to_json()))
+    print(f"{len(rows)} parked row(s)", file=sys.stderr)
+    return 0
+
+
+async def retry_parked_command(settings: PublisherSettings, ids: list[int] | None) -> int:
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        retried = await parking.retry_parked(conn, ids)
+    finally:
+        await conn.close()
+    print(json.dumps({"retried": retried}))
+    missing = sorted(set(ids or ()) - set(retried))
+    if missing:
+        print(f"not parked (unknown, already sent or already queued): {missing}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(
+    argv: list[str] | None = None, *, wrap_app: Callable[[ASGIApp], ASGIApp] | None = None
+) -> int:
+    """`wrap_app`: a seam for tests (fault injection around the ASGI app)."""
     parser = argparse.ArgumentParser(prog="python -m publisher", description=__doc__)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the HTTP API and the outbox relay (default)")
@@ -58,12 +94,23 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--name", required=True)
     revoke = commands.add_parser("revoke-token", help="revoke an API token")
     revoke.add_argument("--token", required=True)
+    outbox = commands.add_parser("outbox", help="outbox rows the relay parked")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    outbox_commands.add_parser(
+        "list-parked", help="print each parked row (id, blog, version, size, reason) as JSON"
+    )
+    retry = outbox_commands.add_parser(
+        "retry-parked", help="put parked rows back in the relay's queue"
+    )
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=int, action="append", dest="ids", help="an outbox row id")
+    which.add_argument("--all", action="store_true", help="every parked row")
     args = parser.parse_args(argv)
 
     settings = PublisherSettings()  # fields come from the environment
     configure_logging(settings.log_level)
     if args.command in (None, "serve"):
-        return serve(settings)
+        return serve(settings, wrap_app)
     if args.command == "migrate":
         return asyncio.run(migrate(settings))
     if args.command == "create-author":
@@ -71,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= len(name) <= 200:
             parser.error("--name must be 1..200 characters")
         return asyncio.run(create_author_command(settings, name))
+    if args.command == "outbox":
+        if args.outbox_command == "list-parked":
+            return asyncio.run(list_parked_command(settings))
+        return asyncio.run(retry_parked_command(settings, None if args.all else args.ids))
     return asyncio.run(revoke_token_command(settings, args.token))
 
 

@@ -31,6 +31,17 @@ class PublisherMetrics:
             "Outbox rows not yet relayed to Kafka (sampled at scrape)",
             registry=self.registry,
         )
+        self.outbox_parked_rows = Gauge(
+            "publisher_outbox_parked_rows",
+            "Outbox rows the relay parked: Kafka refused them for good (too large, invalid); "
+            "see `python -m publisher outbox list-parked` (sampled at scrape)",
+            registry=self.registry,
+        )
+        self.relay_parked = Counter(
+            "publisher_relay_parked",
+            "Outbox rows the relay parked since start",
+            registry=self.registry,
+        )
         self.relay_sent = Counter(
             "publisher_relay_sent",
             "Outbox events delivered to Kafka and marked sent",

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import email.message
-import json
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from publisher.metrics import PublisherMetrics
+from service_kit.problems import PROBLEM_JSON, field_errors, problem_json, problem_type
 
 
 class BodyTooLargeError(Exception):
@@ -29,7 +29,7 @@ class BodySizeLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._reject(send)
+            await self._reject(scope, send)
             return
         # Buffer the (bounded) body up front, so the limit holds whatever the app does later.
         chunks: list[bytes] = []
@@ -44,7 +44,7 @@ class BodySizeLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._reject(send)
+                await self._reject(scope, send)
                 return
             chunks.append(chunk)
             more_body = message.get("more_body", False)
@@ -55,19 +55,18 @@ class BodySizeLimitMiddleware:
             send,
         )
 
-    async def _reject(self, send: Send) -> None:
-        await _send_json(
-            send,
-            413,
-            {"detail": f"request body larger than {self.max_bytes} bytes"},
-            close=True,
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        body = problem_json(
+            413, f"request body larger than {self.max_bytes} bytes", instance=scope.get("path")
         )
+        await _send_problem(send, body, 413, close=True)
 
 
 class JsonUtf8Middleware:
     """Answer 422 to a JSON body that is not valid UTF-8 (RFC 8259 requires UTF-8), in the same
-    shape as FastAPI's other 422s. FastAPI itself would answer a bare 400 "error parsing the
-    body". Runs inside BodySizeLimitMiddleware, so the body is already complete and bounded."""
+    shape as the other 422s (a problem listing the field). FastAPI itself would answer a bare
+    400 "error parsing the body". Runs inside BodySizeLimitMiddleware, so the body is already
+    complete and bounded."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -81,12 +80,25 @@ class JsonUtf8Middleware:
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            error = {
-                "type": "utf8_invalid",
-                "loc": ["body"],
-                "msg": f"request body is not valid UTF-8 (invalid byte at position {exc.start})",
-            }
-            await _send_json(send, 422, {"detail": [error]})
+            errors = field_errors(
+                [
+                    {
+                        "type": "utf8_invalid",
+                        "loc": ["body"],
+                        "msg": "request body is not valid UTF-8 "
+                        f"(invalid byte at position {exc.start})",
+                    }
+                ]
+            )
+            body = problem_json(
+                422,
+                "invalid request: body",
+                title="Invalid request",
+                type=problem_type("validation"),
+                instance=scope.get("path"),
+                errors=errors,
+            )
+            await _send_problem(send, body, 422)
             return
         await self.app(scope, _replay([message], receive), send)
 
@@ -106,10 +118,9 @@ def _is_parsed_as_json(scope: Scope) -> bool:
     )
 
 
-async def _send_json(send: Send, status: int, content: object, *, close: bool = False) -> None:
-    payload = json.dumps(content).encode()
+async def _send_problem(send: Send, payload: bytes, status: int, *, close: bool = False) -> None:
     headers = [
-        (b"content-type", b"application/json"),
+        (b"content-type", PROBLEM_JSON.encode()),
         (b"content-length", str(len(payload)).encode()),
     ]
     if close:

@@ -38,12 +38,6 @@ class BlogDraft(BaseModel):
     tags: list[Tag] = Field(default_factory=list, max_length=TAGS_MAX)
 
 
-class ErrorDetail(BaseModel):
-    """Every error answer except 422 (whose `detail` lists the invalid fields, FastAPI's format)."""
-
-    detail: str
-
-
 class WriteAccepted(BaseModel):
     """A write is durable; consumers apply it eventually (follow `status_url`)."""
 

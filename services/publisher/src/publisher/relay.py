@@ -5,6 +5,13 @@ dedicated connection, the others stand by and retry. One sender means per-key or
 no row is sent twice by design. A row can still be sent twice if the leader crashes (or loses
 its connection) after Kafka acknowledged it and before it was marked sent; consumers absorb
 that by applying an event only when its version is newer than what they hold.
+
+A row Kafka refuses for good (`parking.REFUSED_FOR_GOOD`: too large, invalid) is parked with its
+reason, and the rows behind it go on. Since a refused record can take the other records of its
+produce batch down with it, the refused rows are first sent again one by one with a fresh
+producer: only those refused alone are parked. Any other failure (Kafka unreachable, unknown
+topic, authorization, not enough replicas) is the cluster's, not the row's: the relay backs off
+and retries the same rows, in order, until it is fixed.
 """
 
 from __future__ import annotations
@@ -22,12 +29,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from publisher.metrics import PublisherMetrics
+from publisher.parking import NOTIFY_CHANNEL, park, refused_for_good
 from publisher.settings import PublisherSettings
 from service_kit.backoff import Backoff
 
 log = logging.getLogger(__name__)
-
-NOTIFY_CHANNEL = "publisher_outbox"
 # Advisory locks are per database, so one key serves every deployment of the schema.
 RELAY_LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"publisher.outbox-relay").digest()[:8], "big", signed=True
@@ -151,17 +157,27 @@ class OutboxRelay:
                 # Cleared before the read: a NOTIFY arriving after it wakes the next wait.
                 self._wake.clear()
                 rows = await conn.fetch(
-                    "SELECT id, topic, key, payload FROM publisher.outbox"
-                    " WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                    "SELECT id, blog_id, version, topic, key, payload FROM publisher.outbox"
+                    " WHERE sent_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT $1",
                     settings.relay_batch,
                 )
                 if not rows:
                     await self._wait_for_work()
                     continue
                 started = time.perf_counter()
-                delivered, error = await _send_batch(producer, rows)
+                delivered, refused, error = await _send_batch(producer, rows)
                 await _mark_sent(conn, delivered)
                 self._metrics.relay_sent.inc(len(delivered))
+                if error is None and refused:
+                    # Which of them does Kafka refuse alone? A fresh producer: the old one's
+                    # idempotence state for those partitions is not to be trusted any more.
+                    await _stop_quietly(producer)
+                    producer = None
+                    try:
+                        producer = await self._start_producer()
+                        error = await self._send_alone(conn, producer, refused)
+                    except Exception as exc:
+                        error = exc
                 if error is None:
                     self._kafka_ok = True
                     kafka_backoff.reset()
@@ -178,12 +194,45 @@ class OutboxRelay:
                     len(rows),
                     delay,
                 )
-                await _stop_quietly(producer)
+                if producer is not None:
+                    await _stop_quietly(producer)
                 producer = None
                 await self._sleep(delay)
         finally:
             if producer is not None:
                 await _stop_quietly(producer)
+
+    async def _send_alone(
+        self, conn: asyncpg.Connection, producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]
+    ) -> BaseException | None:
+        """Send each row on its own, in order: delivered ones are marked sent, those refused for
+        good parked; the first other error stops it (returned)."""
+        for row in rows:
+            try:
+                sent = await producer.send_and_wait(
+                    row["topic"], value=bytes(row["payload"]), key=row["key"].encode()
+                )
+            except Exception as exc:
+                if not refused_for_good(exc):
+                    return exc
+                reason = (
+                    f"{type(exc).__name__}: {exc or 'refused by Kafka'} "
+                    f"(payload {len(row['payload'])} bytes, topic {row['topic']})"
+                )
+                await park(conn, row["id"], reason)
+                self._metrics.relay_parked.inc()
+                log.warning(
+                    "outbox relay: parked row %d (blog %s version %d): %s; "
+                    "see `python -m publisher outbox list-parked`",
+                    row["id"],
+                    row["blog_id"],
+                    row["version"],
+                    reason,
+                )
+                continue
+            await _mark_sent(conn, [(row["id"], sent.partition, sent.offset)])
+            self._metrics.relay_sent.inc()
+        return None
 
     async def _start_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
@@ -221,29 +270,37 @@ class OutboxRelay:
 
 async def _send_batch(
     producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]
-) -> tuple[list[tuple[int, int, int]], BaseException | None]:
-    """Send the rows in order; returns (outbox id, partition, offset) of those Kafka acknowledged
-    and the first error, if any."""
-    futures: list[asyncio.Future[RecordMetadata]] = []
+) -> tuple[list[tuple[int, int, int]], list[asyncpg.Record], BaseException | None]:
+    """Send the rows in order. Returns (outbox id, partition, offset) of those Kafka
+    acknowledged, the rows it refused for good (`parking.REFUSED_FOR_GOOD`, in id order), and
+    the first other error, if any (rows after it are not sent)."""
+    futures: list[tuple[asyncpg.Record, asyncio.Future[RecordMetadata]]] = []
+    refused: list[asyncpg.Record] = []
     error: BaseException | None = None
     for row in rows:
         try:
-            futures.append(
-                await producer.send(
-                    row["topic"], value=bytes(row["payload"]), key=row["key"].encode()
-                )
+            future = await producer.send(
+                row["topic"], value=bytes(row["payload"]), key=row["key"].encode()
             )
         except Exception as exc:
+            if refused_for_good(exc):  # refused by the client already (over max_request_size)
+                refused.append(row)
+                continue
             error = exc
             break
-    results = await asyncio.gather(*futures, return_exceptions=True)
+        futures.append((row, future))
+    results = await asyncio.gather(*(future for _, future in futures), return_exceptions=True)
     delivered: list[tuple[int, int, int]] = []
-    for row, result in zip(rows, results, strict=False):
+    for (row, _), result in zip(futures, results, strict=True):
         if isinstance(result, BaseException):
-            error = error or result
+            if refused_for_good(result):
+                refused.append(row)
+            else:
+                error = error or result
         else:
             delivered.append((row["id"], result.partition, result.offset))
-    return delivered, error
+    refused.sort(key=lambda row: row["id"])
+    return delivered, refused, error
 
 
 async def _mark_sent(conn: asyncpg.Connection, delivered: list[tuple[int, int, int]]) -> None:

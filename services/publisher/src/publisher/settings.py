@@ -42,6 +42,10 @@ class PublisherSettings(BaseSettings):
     # `rate_limit_burst`; 0 turns the limit off. Generous: it stops runaway clients, not load.
     rate_limit_per_s: float = Field(default=50.0, ge=0)
     rate_limit_burst: int = Field(default=100, ge=1)
+    # How long the answer to a write with an Idempotency-Key is kept for retries (24 h), and how
+    # often expired keys are deleted.
+    idempotency_key_ttl_s: float = Field(default=24 * 3600, gt=0)
+    idempotency_purge_interval_s: float = Field(default=600, gt=0)
 
     @property
     def dsn(self) -> str:

@@ -13,27 +13,27 @@ from datetime import UTC, datetime
 import asyncpg
 from asyncpg.pool import PoolAcquireContext
 
-from blog_events import (
-    BlogDeleted,
-    BlogPublished,
-    BlogUpdated,
-    encode_event,
-    new_envelope,
-)
+from blog_events import encode_event
 from publisher.auth import DbConnection
+from publisher.errors import (
+    BlogNotFoundError,
+    InvalidCursorError,
+    NotBlogAuthorError,
+    VersionMismatchError,
+)
+from publisher.events import envelope_for
 from publisher.models import BlogDraft
+from publisher.preconditions import IfMatch
 
-
-class BlogNotFoundError(Exception):
-    """The blog does not exist or is deleted."""
-
-
-class NotBlogAuthorError(Exception):
-    """The blog belongs to another author."""
-
-
-class InvalidCursorError(ValueError):
-    """A pagination cursor this service did not produce."""
+__all__ = [
+    "Blog",
+    "BlogNotFoundError",
+    "BlogStore",
+    "InvalidCursorError",
+    "NotBlogAuthorError",
+    "PageCursor",
+    "VersionMismatchError",
+]
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ class BlogStore:
     async def create(self, conn: DbConnection, author_id: uuid.UUID, draft: BlogDraft) -> Blog:
         # The row's timestamps and the event are made here, so the blog row and its outbox row
         # go in ONE statement: one round trip, atomic without BEGIN/COMMIT (a statement is its
-        # own transaction; the CTE's insert runs exactly once even though nothing reads it).
+        # own transaction, or part of the caller's; the CTE's insert runs exactly once even
+        # though nothing reads it).
         now = datetime.now(UTC)
         blog = Blog(
             id=uuid.uuid4(),
@@ -121,16 +122,7 @@ class BlogStore:
             updated_at=now,
             deleted_at=None,
         )
-        event = BlogPublished(
-            blog_id=blog.id,
-            author_id=blog.author_id,
-            version=blog.version,
-            title=blog.title,
-            body=blog.body,
-            tags=tuple(blog.tags),
-            published_at=blog.created_at,
-        )
-        envelope = new_envelope(event)
+        envelope = envelope_for(blog)
         await conn.execute(
             "WITH blog AS ("
             " INSERT INTO publisher.blogs"
@@ -153,10 +145,15 @@ class BlogStore:
         return blog
 
     async def replace(
-        self, conn: DbConnection, blog_id: uuid.UUID, author_id: uuid.UUID, draft: BlogDraft
+        self,
+        conn: DbConnection,
+        blog_id: uuid.UUID,
+        author_id: uuid.UUID,
+        draft: BlogDraft,
+        if_match: IfMatch | None = None,
     ) -> Blog:
         async with conn.transaction():
-            await self._lock_own_live_blog(conn, blog_id, author_id)
+            await self._lock_own_live_blog(conn, blog_id, author_id, if_match)
             row = await conn.fetchrow(
                 "UPDATE publisher.blogs SET title = $2, body = $3, tags = $4,"
                 " version = version + 1, updated_at = now()"
@@ -166,38 +163,23 @@ class BlogStore:
                 draft.body,
                 draft.tags,
             )
-            blog = Blog.from_row(row)
-            event = BlogUpdated(
-                blog_id=blog.id,
-                author_id=blog.author_id,
-                version=blog.version,
-                title=blog.title,
-                body=blog.body,
-                tags=tuple(blog.tags),
-                published_at=blog.created_at,
-                updated_at=blog.updated_at,
-            )
-            await self._append_event(conn, event)
-        return blog
+            return await self._append_event(conn, Blog.from_row(row))
 
-    async def delete(self, conn: DbConnection, blog_id: uuid.UUID, author_id: uuid.UUID) -> Blog:
+    async def delete(
+        self,
+        conn: DbConnection,
+        blog_id: uuid.UUID,
+        author_id: uuid.UUID,
+        if_match: IfMatch | None = None,
+    ) -> Blog:
         async with conn.transaction():
-            await self._lock_own_live_blog(conn, blog_id, author_id)
+            await self._lock_own_live_blog(conn, blog_id, author_id, if_match)
             row = await conn.fetchrow(
                 "UPDATE publisher.blogs SET version = version + 1, deleted_at = now(),"
                 " updated_at = now() WHERE id = $1 RETURNING *",
                 blog_id,
             )
-            blog = Blog.from_row(row)
-            assert blog.deleted_at is not None
-            event = BlogDeleted(
-                blog_id=blog.id,
-                author_id=blog.author_id,
-                version=blog.version,
-                deleted_at=blog.deleted_at,
-            )
-            await self._append_event(conn, event)
-        return blog
+            return await self._append_event(conn, Blog.from_row(row))
 
     async def get(self, blog_id: uuid.UUID, *, include_deleted: bool = False) -> Blog | None:
         async with self._pool.acquire(timeout=self._timeout_s) as conn:
@@ -255,40 +237,51 @@ class BlogStore:
         return row["kafka_partition"], row["kafka_offset"]
 
     async def _lock_own_live_blog(
-        self, conn: DbConnection, blog_id: uuid.UUID, author_id: uuid.UUID
+        self,
+        conn: DbConnection,
+        blog_id: uuid.UUID,
+        author_id: uuid.UUID,
+        if_match: IfMatch | None,
     ) -> None:
         # FOR UPDATE serialises writers of one blog, so concurrent updates get consecutive
-        # versions and their outbox rows are inserted (hence relayed) in version order.
+        # versions and their outbox rows are inserted (hence relayed) in version order; and
+        # If-Match is checked against the version no one else can change before our commit.
         row = await conn.fetchrow(
-            "SELECT author_id, deleted_at FROM publisher.blogs WHERE id = $1 FOR UPDATE",
+            "SELECT author_id, version, deleted_at FROM publisher.blogs WHERE id = $1 FOR UPDATE",
             blog_id,
         )
         if row is None or row["deleted_at"] is not None:
             raise BlogNotFoundError(str(blog_id))
         if row["author_id"] != author_id:
             raise NotBlogAuthorError(str(blog_id))
+        if if_match is not None and not if_match.matches(row["version"]):
+            raise VersionMismatchError(row["version"], if_match.header)
 
-    async def _append_event(
-        self, conn: DbConnection, event: BlogPublished | BlogUpdated | BlogDeleted
-    ) -> None:
-        envelope = new_envelope(event)
+    async def _append_event(self, conn: DbConnection, blog: Blog) -> Blog:
+        """The blog's event (derived from its new state) into the outbox."""
+        envelope = envelope_for(blog)
         await conn.execute(
             "INSERT INTO publisher.outbox (event_id, blog_id, version, topic, key, payload)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
             envelope.event_id,
-            event.blog_id,
-            event.version,
+            blog.id,
+            blog.version,
             self._topic,
             envelope.key,
             encode_event(envelope),
         )
+        return blog
 
-    async def unsent_count(self) -> int:
+    async def outbox_counts(self) -> tuple[int, int]:
+        """(unsent rows waiting for the relay, parked rows the relay gave up on)."""
         async with self._pool.acquire(timeout=self._timeout_s) as conn:
-            count: int = await conn.fetchval(
-                "SELECT count(*) FROM publisher.outbox WHERE sent_at IS NULL"
+            row = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE parked_at IS NULL) AS unsent,"
+                " count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked"
+                " FROM publisher.outbox WHERE sent_at IS NULL"
             )
-        return count
+        assert row is not None
+        return row["unsent"], row["parked"]
 
     async def ping(self) -> None:
         async with self._pool.acquire(timeout=self._timeout_s) as conn:

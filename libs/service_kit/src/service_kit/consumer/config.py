@@ -1,0 +1,32 @@
+"""The consumer's plain settings (services build them from their pydantic settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service_kit.consumer.isolation import RetryPolicy
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    bootstrap_servers: str
+    topic: str
+    group_id: str
+    dlq_topic: str
+    max_batch: int = 500
+    poll_timeout_ms: int = 200
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+    # Tries of a record isolated by a record-level failure before it is dead-lettered.
+    record_attempts: int = 3
+    # Handler dead letters in a row after which failures count as systemic (retried, not
+    # dead-lettered) until a record succeeds again.
+    dead_letter_streak_limit: int = 100
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            retry_initial_s=self.retry_initial_s,
+            retry_max_s=self.retry_max_s,
+            record_attempts=self.record_attempts,
+            dead_letter_streak_limit=self.dead_letter_streak_limit,
+        )

@@ -1,0 +1,285 @@
+"""The consumer loop: poll a batch (reading one ahead), settle it (`isolation`: undecodable records
+and poison dead-lettered, the rest applied by the service's handler), commit once every record is
+applied or its dead letter is durable.
+
+The batch in hand is processed and committed under a lock that the rebalance listener also
+takes, so a revoked partition is never committed by two owners nor skipped. `stop()` lets the
+batch in hand finish and commit (it only cuts a retry backoff short), then leaves the group.
+
+While the handler of batch N runs (waiting on its database), the next batch is polled and decoded
+(at most one batch ahead), so the loop does not idle on I/O; handler calls and commits stay
+strictly sequential and in order. A batch read ahead is dropped (not handled, not committed) if
+a rebalance happened since its poll or the consumer is stopping: its records are delivered again
+from the last commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Generic
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from service_kit.consumer.config import ConsumerConfig
+from service_kit.consumer.dead_letter import DeadLetterWriter
+from service_kit.consumer.failures import IsTransient, is_transient_by_default
+from service_kit.consumer.isolation import BatchSettler, Position
+from service_kit.consumer.metrics import ConsumerMetrics
+from service_kit.consumer.offsets import commit_offsets, settled_prefix_offsets
+from service_kit.consumer.rebalance import BatchLockListener, describe_partitions
+from service_kit.consumer.records import (
+    BatchHandler,
+    Decoder,
+    E,
+    PolledBatch,
+    Record,
+    decode_in_slices,
+)
+
+log = logging.getLogger(__name__)
+
+
+class BatchConsumer(Generic[E]):
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        handler: BatchHandler[E],
+        metrics: ConsumerMetrics | None = None,
+        *,
+        decoder: Decoder[E],
+        is_transient: IsTransient = is_transient_by_default,
+    ) -> None:
+        """`decoder` turns record values into events (what it rejects is dead-lettered);
+        `is_transient` tells a dependency outage (retried without limit) from a record-level
+        failure (isolated, then dead-lettered): see `service_kit.consumer.failures`."""
+        self.config = config
+        self._decoder = decoder
+        self._metrics = metrics if metrics is not None else ConsumerMetrics()
+        self._settler = BatchSettler(
+            config.group_id,
+            handler,
+            is_transient,
+            config.retry_policy(),
+            self._metrics,
+            self._interrupted,
+        )
+        self._consumer: AIOKafkaConsumer | None = None
+        self._dead_letters: DeadLetterWriter | None = None
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._closing = False
+        self._running = False
+        # Held around process + commit of one batch; the rebalance listener takes it too.
+        self._batch_lock = asyncio.Lock()
+        self._revoke_pending = False
+        # Bumped at every revoke: a batch read ahead in an older generation is stale.
+        self._generation = 0
+
+    @property
+    def healthy(self) -> bool:
+        """False while the handler is failing, before start(), after stop() or a crash."""
+        return (
+            self._consumer is not None and not self._stopped.is_set() and not self._settler.failing
+        )
+
+    @property
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member owns right now (empty before the first join)."""
+        if self._consumer is None or self._stopped.is_set():
+            return frozenset()
+        return frozenset(self._consumer.assignment())
+
+    async def start(self) -> None:
+        """Connect the DLQ producer and the consumer, and subscribe (joins on first poll)."""
+        if self._consumer is not None:
+            return
+        config = self.config
+        dead_letters = DeadLetterWriter(config.bootstrap_servers, config.group_id, config.dlq_topic)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=config.bootstrap_servers,
+            group_id=config.group_id,
+            client_id=f"{config.group_id}-{os.getpid()}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await dead_letters.start()
+        try:
+            await consumer.start()
+            consumer.subscribe(
+                [config.topic], listener=BatchLockListener(config.group_id, self._on_revoke)
+            )
+        except BaseException:
+            await dead_letters.stop()
+            with _suppress_kafka_errors("consumer stop after a failed start"):
+                await consumer.stop()
+            raise
+        self._dead_letters = dead_letters
+        self._consumer = consumer
+        log.info("consumer group %s subscribed to %s", config.group_id, config.topic)
+
+    async def run(self) -> None:
+        """Poll, process and commit until stop(); starts the clients if start() was not called."""
+        await self.start()
+        assert self._consumer is not None
+        self._running = True
+        ahead: asyncio.Task[PolledBatch[E] | None] | None = None
+        try:
+            while not self._stopping.is_set():
+                polled = await (ahead if ahead is not None else self._poll())
+                ahead = None
+                if polled is None:
+                    continue
+                if polled.generation != self._generation or self._stopping.is_set():
+                    continue  # stale or stopping: redelivered from the last commit
+                # Read the next batch while this one is handled (at most one ahead).
+                ahead = asyncio.create_task(self._poll(), name=f"{self.config.group_id}-poll")
+                async with self._batch_lock:
+                    await self._process_batch(polled)
+        finally:
+            self._running = False
+            if ahead is not None:
+                # Its records are not handled: they are delivered again from the last commit.
+                ahead.cancel()
+                try:
+                    await ahead
+                except asyncio.CancelledError:
+                    pass
+                except Exception as exc:
+                    log.warning("group %s: poll ahead failed: %r", self.config.group_id, exc)
+            await self._close()
+
+    async def stop(self) -> None:
+        """Finish and commit the batch in hand, then leave the group and close the clients."""
+        self._stopping.set()
+        if self._running:
+            await self._stopped.wait()
+        else:
+            await self._close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _poll(self) -> PolledBatch[E] | None:
+        assert self._consumer is not None
+        batches = await self._consumer.getmany(
+            timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
+        )
+        generation = self._generation
+        records = [record for partition in batches.values() for record in partition]
+        if not records:
+            return None
+        events, undecodable = await decode_in_slices(records, self._decoder)
+        return PolledBatch(generation, time.monotonic(), records, events, undecodable)
+
+    async def _close(self) -> None:
+        if self._closing:
+            await self._stopped.wait()
+            return
+        self._closing = True
+        try:
+            if self._consumer is not None:
+                with _suppress_kafka_errors("consumer stop"):
+                    await self._consumer.stop()  # leaves the group: partitions move at once
+            if self._dead_letters is not None:
+                with _suppress_kafka_errors("DLQ producer stop"):
+                    await self._dead_letters.stop()
+            log.info("consumer group %s stopped", self.config.group_id)
+        finally:
+            # Only now is stop() done: the group was left and the clients are closed.
+            self._stopped.set()
+
+    async def _on_revoke(self, revoked: set[TopicPartition]) -> None:
+        # Tell a retrying batch to give up (its effect is not durable, so it is not committed
+        # and the next owner gets it again), then wait until the batch in hand is done.
+        self._revoke_pending = True
+        self._generation += 1
+        try:
+            async with self._batch_lock:
+                log.info("group %s revoked %s", self.config.group_id, describe_partitions(revoked))
+        finally:
+            self._revoke_pending = False
+
+    async def _process_batch(self, polled: PolledBatch[E]) -> None:
+        assert self._consumer is not None
+        group = self.config.group_id
+        started = polled.polled_at
+        # A rebalance may have happened between the poll and taking the lock: records of
+        # partitions we no longer own belong to the new owner, which reads them from the
+        # last commit.
+        owned = self._consumer.assignment()
+        if polled.generation != self._generation:
+            return
+
+        def is_owned(record: Record) -> bool:
+            return TopicPartition(record.topic, record.partition) in owned
+
+        records = [r for r in polled.records if is_owned(r)]
+        if not records:
+            return
+        self._metrics.batch_size.labels(group=group).observe(len(records))
+        if len(records) == len(polled.records):
+            events, undecodable = polled.events, list(polled.undecodable)
+        else:
+            events = [e for e in polled.events if TopicPartition(e.topic, e.partition) in owned]
+            undecodable = [(r, why) for r, why in polled.undecodable if is_owned(r)]
+
+        by_position: dict[Position, Record] = {(r.topic, r.partition, r.offset): r for r in records}
+
+        async def dead_letter(position: Position, reason: str) -> None:
+            assert self._dead_letters is not None
+            await self._dead_letters.write(by_position[position], reason)
+
+        settlement = await self._settler.settle(events, undecodable, dead_letter)
+        self._metrics.events_processed.labels(group=group).inc(settlement.applied)
+        if settlement.completed:
+            offsets = commit_offsets(records)
+        else:
+            # What is settled is not redone by the next owner: no second dead letter.
+            offsets = settled_prefix_offsets(records, settlement.settled)
+            log.warning(
+                "group %s: abandoning a failing batch (%s); %d of %d records settled, the rest "
+                "will be delivered again",
+                group,
+                "stopping" if self._stopping.is_set() else "partitions revoked",
+                len(settlement.settled),
+                len(records),
+            )
+            if not offsets:
+                return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # The group moved on (rebalance): the new owner re-reads from the last commit and
+            # the idempotent handler turns the redelivery into a no-op.
+            log.warning("group %s: commit failed, batch will be redelivered: %s", group, exc)
+        if settlement.completed:
+            self._metrics.batch_duration_seconds.labels(group=group).observe(
+                time.monotonic() - started
+            )
+
+    async def _interrupted(self, delay: float) -> bool:
+        """Sleep `delay` unless stop() or a revoke comes first; True when interrupted."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while not (self._stopping.is_set() or self._revoke_pending):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            # Short slices so a revoke (a flag, not an event) is noticed quickly.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(remaining, 0.1))
+        return True
+
+
+@contextlib.contextmanager
+def _suppress_kafka_errors(what: str) -> Iterator[None]:
+    """Log and swallow Kafka errors during shutdown (the broker may already be gone)."""
+    try:
+        yield
+    except (KafkaError, OSError) as exc:
+        log.warning("%s failed: %s", what, exc)

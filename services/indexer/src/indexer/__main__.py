@@ -1,5 +1,7 @@
 """`python -m indexer` serves the API and runs the consumer; `python -m indexer migrate` only
-creates the index and its alias (the indexer has no database migrations)."""
+creates the index and its alias (the indexer has no database migrations); `python -m indexer
+topics apply [--dry-run]` reconciles the indexer team's topics (its dead-letter topic) with
+`services/indexer/topics.yaml`."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from indexer.index import ensure_index
 from indexer.settings import IndexerSettings
 from service_kit.logs import configure_logging
 from service_kit.serving import run_http_service
+from service_kit.topics import default_topics_file, topics_command
 
 
 async def _migrate(settings: IndexerSettings) -> None:
@@ -25,6 +28,13 @@ async def _migrate(settings: IndexerSettings) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["topics"]:
+        return topics_command(
+            argv[1:],
+            service="indexer",
+            default_file=default_topics_file(__file__),
+            env_prefix="INDEXER_",
+        )
     try:
         settings = IndexerSettings()
     except ValidationError as exc:
@@ -36,7 +46,11 @@ def main(argv: list[str]) -> int:
         asyncio.run(_migrate(settings))
         return 0
     if argv:
-        print(f"usage: python -m indexer [migrate]; got {' '.join(argv)!r}", file=sys.stderr)
+        print(
+            "usage: python -m indexer [migrate | topics apply [--dry-run]]; "
+            f"got {' '.join(argv)!r}",
+            file=sys.stderr,
+        )
         return 2
     run_http_service(create_app(settings), settings.host, settings.port)
     return 0

@@ -1,4 +1,5 @@
-"""`python -m publisher [serve | migrate | create-author --name N | revoke-token --token T]`."""
+"""`python -m publisher [serve | migrate | create-author --name N | revoke-token --token T |
+topics apply [--dry-run]]`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from publisher.settings import PublisherSettings
 from service_kit.logs import configure_logging
 from service_kit.migrations import apply_migrations
 from service_kit.serving import run_http_service
+from service_kit.topics import default_topics_file, topics_command
 
 
 def serve(settings: PublisherSettings) -> int:
@@ -50,6 +52,15 @@ async def revoke_token_command(settings: PublisherSettings, token: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["topics"]:
+        # Needs Kafka only (no database settings): the publisher team's topics file.
+        return topics_command(
+            argv[1:],
+            service="publisher",
+            default_file=default_topics_file(__file__),
+            env_prefix="PUBLISHER_",
+        )
     parser = argparse.ArgumentParser(prog="python -m publisher", description=__doc__)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the HTTP API and the outbox relay (default)")
@@ -58,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--name", required=True)
     revoke = commands.add_parser("revoke-token", help="revoke an API token")
     revoke.add_argument("--token", required=True)
+    commands.add_parser("topics", help="topics apply [--dry-run]: reconcile the team's topics")
     args = parser.parse_args(argv)
 
     settings = PublisherSettings()  # fields come from the environment

@@ -28,6 +28,7 @@ from blog_testkit import (
     wait_for_zero_lag,
     wait_until,
 )
+from blog_testkit.plugin import create_dead_letter_topics
 from indexer.app import create_app
 from indexer.documents import BulkItemsFailed
 from indexer.handler import make_batch_handler
@@ -36,6 +37,15 @@ from indexer.settings import IndexerSettings
 from service_kit.consumer import ConsumedEvent
 
 pytestmark = pytest.mark.integration
+
+
+@pytest_asyncio.fixture
+async def topic(topic: str, stack: Stack) -> str:
+    """The plugin's fresh topic, plus the dead-letter topic of this module's consumer group(s):
+    consumers wait for both before they consume."""
+    await create_dead_letter_topics(stack.kafka_bootstrap, topic, [f"indexer-{topic}"])
+    return topic
+
 
 ServiceProcessFactory = Callable[..., ServiceProcess]
 

@@ -13,7 +13,7 @@ def test_defaults_and_derived_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INDEXER_CRASH_AFTER_EFFECT_BATCHES", "1")
     settings = IndexerSettings()
     assert settings.es_url == "http://es:9200"
-    assert (settings.topic, settings.dlq_topic) == ("blog-events", "blog-events.dlq")
+    assert (settings.topic, settings.dlq_topic) == ("blog-events", "blog-events.indexer.dlq")
     assert (settings.group_id, settings.index_alias, settings.index_name) == (
         "indexer",
         "blogs",

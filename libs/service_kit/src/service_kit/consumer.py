@@ -68,6 +68,9 @@ class ConsumerConfig:
     poll_timeout_ms: int = 200
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
+    # How often the metadata is refreshed even without errors: partitions added to the topic
+    # are picked up (the group rebalances) within this time; aiokafka's default is 5 minutes.
+    metadata_max_age_ms: int = 30_000
     # Fault injection for tests: after this many successful handler calls, os._exit(137)
     # AFTER the effect and BEFORE the offset commit.
     crash_after_effect_batches: int | None = None
@@ -287,6 +290,7 @@ class BatchConsumer:
             client_id=client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            metadata_max_age_ms=self.config.metadata_max_age_ms,
         )
         await producer.start()
         try:

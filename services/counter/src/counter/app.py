@@ -90,7 +90,6 @@ def create_app(settings: Settings) -> FastAPI:
                         settings.consumer_config(),
                         CountingHandler(pool),
                         metrics,
-                        partitions=settings.topic_partitions,
                     )
                 )
             yield
@@ -120,11 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
         except Exception as exc:
             checks["database"] = f"error: {type(exc).__name__}"
         checks["consumer"] = (
-            "disabled"
-            if runtime.consumer is None
-            else "ok"
-            if runtime.consumer_healthy
-            else "unhealthy"
+            "disabled" if runtime.consumer is None else (runtime.consumer.problem or "ok")
         )
         ready = checks["database"] == "ok" and runtime.consumer_healthy
         return JSONResponse(

@@ -100,7 +100,6 @@ def create_app(settings: IndexerSettings) -> FastAPI:
                         settings.consumer_config(),
                         make_batch_handler(runtime.es, settings.index_alias),
                         consumer_metrics,
-                        partitions=settings.topic_partitions,
                     )
                 )
             yield
@@ -132,9 +131,7 @@ def create_app(settings: IndexerSettings) -> FastAPI:
         checks = {
             "elasticsearch": es_status,
             "consumer": (
-                "disabled"
-                if runtime.consumer is None
-                else ("ok" if runtime.consumer_healthy else "unhealthy")
+                "disabled" if runtime.consumer is None else (runtime.consumer.problem or "ok")
             ),
         }
         ready = es_status in ("green", "yellow") and runtime.consumer_healthy

@@ -24,6 +24,7 @@ from aiokafka.structs import RecordMetadata
 from publisher.metrics import PublisherMetrics
 from publisher.settings import PublisherSettings
 from service_kit.backoff import Backoff
+from service_kit.kafka_admin import admin_client, produce_blockers, unusable_topics
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +33,17 @@ NOTIFY_CHANNEL = "publisher_outbox"
 RELAY_LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"publisher.outbox-relay").digest()[:8], "big", signed=True
 )
-_ENSURE_TOPICS_TIMEOUT_S = 30.0
+_TOPIC_CHECK_TIMEOUT_S = 15.0
 
-EnsureTopics = Callable[[str, Mapping[str, int]], Awaitable[None]]
+# topic -> why it cannot be written yet ("does not exist", ...); empty when it can.
+TopicCheck = Callable[[str, str], Awaitable[Mapping[str, str]]]
+# Why acks=all writes to a topic fail right now, in words ("" when nothing is visibly wrong).
+SendDiagnosis = Callable[[str, str], Awaitable[str]]
 
 
-def _default_ensure_topics() -> EnsureTopics:
-    from service_kit.kafka_admin import ensure_topics
-
-    async def ensure(bootstrap: str, topics: Mapping[str, int]) -> None:
-        await ensure_topics(bootstrap, topics)
-
-    return ensure
+async def _unusable_topic(bootstrap: str, topic: str) -> Mapping[str, str]:
+    async with admin_client(bootstrap) as admin:
+        return await unusable_topics(admin, [topic])
 
 
 class OutboxRelay:
@@ -51,11 +51,15 @@ class OutboxRelay:
         self,
         settings: PublisherSettings,
         metrics: PublisherMetrics,
-        ensure_topics: EnsureTopics | None = None,
+        topic_check: TopicCheck | None = None,
+        send_diagnosis: SendDiagnosis | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._ensure_topics = ensure_topics or _default_ensure_topics()
+        self._topic_check = topic_check or _unusable_topic
+        self._send_diagnosis = send_diagnosis or produce_blockers
+        # The last "why the relay waits" logged, so a long wait is logged once, not per retry.
+        self._waiting_reason: str | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._is_leader = False
@@ -126,16 +130,22 @@ class OutboxRelay:
                 if producer is None:
                     try:
                         if not topics_ready:
-                            await asyncio.wait_for(
-                                self._ensure_topics(
-                                    settings.kafka_bootstrap_servers,
-                                    {
-                                        settings.topic: settings.topic_partitions,
-                                        settings.dlq_topic: settings.topic_partitions,
-                                    },
-                                ),
-                                _ENSURE_TOPICS_TIMEOUT_S,
+                            # The publisher team creates the topic (`topics apply`); the relay
+                            # waits for it, the rows stay in the outbox meanwhile.
+                            problems = await asyncio.wait_for(
+                                self._topic_check(settings.kafka_bootstrap_servers, settings.topic),
+                                _TOPIC_CHECK_TIMEOUT_S,
                             )
+                            if problems:
+                                self._kafka_ok = False
+                                self._log_waiting(
+                                    f"topic {settings.topic} {problems[settings.topic]}: create it "
+                                    "with `python -m publisher topics apply` (`make topics`); "
+                                    "writes stay in the outbox until then"
+                                )
+                                await conn.fetchval("SELECT 1")
+                                await self._sleep(kafka_backoff.next_delay())
+                                continue
                             topics_ready = True
                         producer = await self._start_producer()
                     except Exception as exc:
@@ -164,6 +174,7 @@ class OutboxRelay:
                 self._metrics.relay_sent.inc(len(delivered))
                 if error is None:
                     self._kafka_ok = True
+                    self._log_waiting(None)
                     kafka_backoff.reset()
                     self._metrics.relay_batch_duration.observe(time.perf_counter() - started)
                     continue
@@ -178,12 +189,37 @@ class OutboxRelay:
                     len(rows),
                     delay,
                 )
+                await self._explain_send_failure()
                 await _stop_quietly(producer)
                 producer = None
                 await self._sleep(delay)
         finally:
             if producer is not None:
                 await _stop_quietly(producer)
+
+    def _log_waiting(self, reason: str | None) -> None:
+        """Say why the relay waits, once per reason (and once when it no longer waits)."""
+        if reason == self._waiting_reason:
+            return
+        if reason is None:
+            log.info("outbox relay: sending again (was waiting: %s)", self._waiting_reason)
+        else:
+            log.warning("outbox relay: waiting: %s", reason)
+        self._waiting_reason = reason
+
+    async def _explain_send_failure(self) -> None:
+        """Ask the cluster why sends fail (e.g. fewer in-sync replicas than min.insync.replicas:
+        the producer only sees its request time out) and log it once per distinct reason."""
+        settings = self._settings
+        try:
+            why = await asyncio.wait_for(
+                self._send_diagnosis(settings.kafka_bootstrap_servers, settings.topic),
+                _TOPIC_CHECK_TIMEOUT_S,
+            )
+        except Exception as exc:
+            why = f"Kafka unreachable ({type(exc).__name__})"
+        if why:
+            self._log_waiting(f"{why}; unsent rows stay in the outbox and are retried")
 
     async def _start_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
@@ -193,6 +229,7 @@ class OutboxRelay:
             linger_ms=5,
             request_timeout_ms=self._settings.kafka_request_timeout_ms,
             max_request_size=2 * 1024 * 1024,
+            metadata_max_age_ms=self._settings.kafka_metadata_max_age_ms,
         )
         try:
             await producer.start()

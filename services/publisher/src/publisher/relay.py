@@ -169,7 +169,12 @@ class OutboxRelay:
                     await self._wait_for_work()
                     continue
                 started = time.perf_counter()
-                delivered, error = await _send_batch(producer, rows)
+                delivered, error = await _send_batch(
+                    producer,
+                    rows,
+                    slow_after_s=settings.kafka_request_timeout_ms / 1000,
+                    on_slow=self._explain_slow_send,
+                )
                 await _mark_sent(conn, delivered)
                 self._metrics.relay_sent.inc(len(delivered))
                 if error is None:
@@ -207,9 +212,14 @@ class OutboxRelay:
             log.warning("outbox relay: waiting: %s", reason)
         self._waiting_reason = reason
 
-    async def _explain_send_failure(self) -> None:
-        """Ask the cluster why sends fail (e.g. fewer in-sync replicas than min.insync.replicas:
-        the producer only sees its request time out) and log it once per distinct reason."""
+    async def _explain_slow_send(self, pending: int) -> None:
+        """Rows Kafka has not acknowledged for a while (the producer keeps retrying them)."""
+        await self._explain_send_failure(f"{pending} row(s) unacknowledged, the producer retries")
+
+    async def _explain_send_failure(self, context: str = "") -> None:
+        """Ask the cluster why sends fail or hang (e.g. fewer in-sync replicas than
+        min.insync.replicas: the idempotent producer retries NOT_ENOUGH_REPLICAS silently until
+        it succeeds) and log it once per distinct reason."""
         settings = self._settings
         try:
             why = await asyncio.wait_for(
@@ -219,7 +229,8 @@ class OutboxRelay:
         except Exception as exc:
             why = f"Kafka unreachable ({type(exc).__name__})"
         if why:
-            self._log_waiting(f"{why}; unsent rows stay in the outbox and are retried")
+            detail = f" ({context})" if context else ""
+            self._log_waiting(f"{why}{detail}; unsent rows stay in the outbox and are retried")
 
     async def _start_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
@@ -257,10 +268,16 @@ class OutboxRelay:
 
 
 async def _send_batch(
-    producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]
+    producer: AIOKafkaProducer,
+    rows: Sequence[asyncpg.Record],
+    *,
+    slow_after_s: float | None = None,
+    on_slow: Callable[[int], Awaitable[None]] | None = None,
 ) -> tuple[list[tuple[int, int, int]], BaseException | None]:
     """Send the rows in order; returns (outbox id, partition, offset) of those Kafka acknowledged
-    and the first error, if any."""
+    and the first error, if any. The idempotent producer retries retriable errors (e.g. not
+    enough in-sync replicas) until they succeed: every `slow_after_s` without all answers,
+    `on_slow(pending rows)` is awaited (to say why), and the wait goes on."""
     futures: list[asyncio.Future[RecordMetadata]] = []
     error: BaseException | None = None
     for row in rows:
@@ -273,12 +290,18 @@ async def _send_batch(
         except Exception as exc:
             error = exc
             break
-    results = await asyncio.gather(*futures, return_exceptions=True)
+    pending: set[asyncio.Future[RecordMetadata]] = set(futures)
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=slow_after_s)
+        if pending and on_slow is not None:
+            await on_slow(len(pending))
     delivered: list[tuple[int, int, int]] = []
-    for row, result in zip(rows, results, strict=False):
-        if isinstance(result, BaseException):
-            error = error or result
+    for row, future in zip(rows, futures, strict=False):
+        failure = future.exception()
+        if failure is not None:
+            error = error or failure
         else:
+            result = future.result()
             delivered.append((row["id"], result.partition, result.offset))
     return delivered, error
 

@@ -410,9 +410,15 @@ es_ready() {
 write_env() {
   cat >"$STATE_DIR/stack.env" <<EOF
 BLOG_KAFKA_BOOTSTRAP=$(kafka_bootstrap)
-KAFKA_NODES=$KAFKA_NODES
 BLOG_POSTGRES_DSN=$(pg_dsn)
 BLOG_ES_URL=http://127.0.0.1:$ES_PORT
+# What this stack was started with, so stack.sh stop|start|kill from its env finds the same nodes.
+KAFKA_NODES=$KAFKA_NODES
+KAFKA_PORT=$KAFKA_PORT
+KAFKA_CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT
+PG_PORT=$PG_PORT
+ES_PORT=$ES_PORT
+ES_TRANSPORT_PORT=$ES_TRANSPORT_PORT
 EOF
   chmod 600 "$STATE_DIR/stack.env"
 }

@@ -15,6 +15,12 @@ import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
 
 from blog_testkit import processes
+from blog_testkit.cluster import (
+    CLUSTER_NODES,
+    NOT_A_CLUSTER,
+    REQUIRE_CLUSTER_ENV,
+    KafkaCluster,
+)
 from blog_testkit.processes import ServiceProcess, free_port
 from blog_testkit.stack import Stack, StackUnavailable, resolve_stack
 from blog_testkit.waiting import wait_until
@@ -43,6 +49,20 @@ def stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
         except StackUnavailable as exc:
             pytest.fail(str(exc), pytrace=False)
         yield resolved
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(stack: Stack, pytestconfig: pytest.Config) -> KafkaCluster:
+    """The native stack's Kafka as a 3-node cluster. Skipped when the stack has fewer nodes
+    (`make test` runs on one), failed instead when BLOG_REQUIRE_CLUSTER is set
+    (`make test-cluster`), so a cluster run can never pass by skipping."""
+    if stack.kafka_nodes < CLUSTER_NODES:
+        message = NOT_A_CLUSTER.format(nodes=stack.kafka_nodes)
+        if os.environ.get(REQUIRE_CLUSTER_ENV):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    script = pytestconfig.rootpath / "deploy" / "local" / "stack.sh"
+    return KafkaCluster(stack.kafka_bootstrap, stack.kafka_nodes, script)
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -121,14 +121,20 @@ async def test_killing_the_active_controller(
 
 
 async def run_module(module: str, *args: str, env: dict[str, str]) -> tuple[int, str]:
+    """`python -m module args`: (exit code, stdout). Its stderr (logs, e.g. aiokafka's
+    "Unable connect" to a node of the list that is down) is kept out of the output and added to
+    it only when the command fails."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", module, *args,
         env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, _ = await asyncio.wait_for(process.communicate(), 120)
+    out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None
-    return process.returncode, out.decode(errors="replace")
+    text = out.decode(errors="replace")
+    if process.returncode != 0:
+        text += "\n" + err.decode(errors="replace")
+    return process.returncode, text
 
 
 async def test_one_node_down_for_a_minute_writes_keep_flowing(

@@ -163,7 +163,7 @@ kafka_running_layout() {
 # `up`) one node, or (for stop/start) the layout `up` last started. Asking for another layout
 # than the running one is an error: the two would fight over the first node's ports.
 resolve_kafka_nodes() { # up|one
-  local running last
+  local running
   running="$(kafka_running_layout)"
   if [ -n "$KAFKA_NODES_ASKED" ]; then
     case "$KAFKA_NODES_ASKED" in
@@ -316,7 +316,9 @@ kafka_wait_ready() { # [node]
 
 # The KRaft quorum as Kafka's own tool reports it (DescribeQuorum): leader, epoch, voters' lag.
 kafka_quorum() {
-  java -Dlog4j2.configurationFile="$HERE/kafka-log4j2.xml" -Dkafka.logs.dir="$STATE_DIR" \
+  local logs; logs="$(kafka_layout_dir "$KAFKA_NODES")/tool-logs"
+  mkdir -p "$logs"
+  java -Dlog4j2.configurationFile="$HERE/kafka-log4j2.xml" -Dkafka.logs.dir="$logs" \
     -cp "$STATE_DIR/kafka/lib/*" org.apache.kafka.tools.MetadataQuorumCommand \
     --bootstrap-server "$(kafka_bootstrap)" describe --status
 }

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +119,23 @@ async def wait_until_led(
         await asyncio.sleep(0.2)
 
 
-async def produce_blockers(bootstrap: str, topic: str, *, request_timeout_ms: int = 5_000) -> str:
-    """Why acks=all writes to `topic` may fail right now, in words for a log line: partitions
-    without a leader, or with fewer in-sync replicas than min.insync.replicas (Kafka then answers
-    NOT_ENOUGH_REPLICAS). Empty when the topic looks writable."""
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+async def produce_blockers(
+    bootstrap: str, topic: str, *, request_timeout_ms: int = 5_000, attempts: int = 3
+) -> str:
+    """Why acks=all writes to `topic` may fail right now, in words for a log line: brokers down,
+    partitions without a leader, or with fewer in-sync replicas than min.insync.replicas (Kafka
+    then answers NOT_ENOUGH_REPLICAS). Empty when the topic looks writable. A few attempts: the
+    admin client asks a random known broker, which may be the one that just died."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await _produce_blockers(bootstrap, topic, request_timeout_ms)
+        except KafkaError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
 
+
+async def _produce_blockers(bootstrap: str, topic: str, request_timeout_ms: int) -> str:
     async with admin_client(bootstrap, request_timeout_ms=request_timeout_ms) as admin:
         cluster = await admin.describe_cluster()
         [entry] = await admin.describe_topics([topic])

@@ -227,7 +227,7 @@ class OutboxRelay:
                 _TOPIC_CHECK_TIMEOUT_S,
             )
         except Exception as exc:
-            why = f"Kafka unreachable ({type(exc).__name__})"
+            why = f"no broker answered why ({type(exc).__name__})"
         if why:
             detail = f" ({context})" if context else ""
             self._log_waiting(f"{why}{detail}; unsent rows stay in the outbox and are retried")

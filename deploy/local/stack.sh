@@ -271,7 +271,7 @@ kafka_start_node() { # node
   dir="$(kafka_node_dir "$i")"; pidfile="$(kafka_pidfile "$i")"
   if pid_alive "$pidfile" kafka.Kafka; then log "kafka node $i already running (pid $(cat "$pidfile"))"; return; fi
   log "starting kafka node $i on 127.0.0.1:$(kafka_node_port "$i") (controller $(kafka_node_controller_port "$i"), heap $KAFKA_HEAP)"
-  # setsid: its own session, so a Ctrl-C in the terminal that ran `make run` never reaches it.
+  # Its own session (setsid): a Ctrl-C in the terminal that ran `make run` is not for it.
   setsid nohup java -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" -XX:+UseG1GC \
     -Dlog4j2.configurationFile="$HERE/kafka-log4j2.xml" -Dkafka.logs.dir="$dir/logs" \
     -cp "$STATE_DIR/kafka/lib/*" kafka.Kafka "$dir/server.properties" \
@@ -350,8 +350,7 @@ logging_collector = off
 EOF
   fi
   log "starting postgres on 127.0.0.1:$PG_PORT"
-  # setsid: the server gets its own session, out of reach of the caller terminal's Ctrl-C.
-  setsid runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null \
+  setsid -w runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null \
     || die "postgres failed to start; see $dir/postgres.log"
   head -n1 "$dir/data/postmaster.pid" >"$pidfile"
   local password; password="$(cat "$STATE_DIR/secrets/pg_password")"
@@ -396,7 +395,7 @@ action.destructive_requires_name: false
 EOF
   chown -R "$ES_RUN_USER" "$dir"
   log "starting elasticsearch on 127.0.0.1:$ES_PORT"
-  setsid runuser -u "$ES_RUN_USER" -- env ES_JAVA_HOME="$(java_home)" ES_PATH_CONF="$dir/config" \
+  setsid -w runuser -u "$ES_RUN_USER" -- env ES_JAVA_HOME="$(java_home)" ES_PATH_CONF="$dir/config" \
     ES_JAVA_OPTS="-Xms$ES_HEAP -Xmx$ES_HEAP" \
     "$home/bin/elasticsearch" -d -p "$pidfile" >"$dir/logs/startup.out" 2>&1 \
     || die "elasticsearch failed to start; see $dir/logs/startup.out and $dir/logs/blog-local.log"

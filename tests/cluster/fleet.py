@@ -197,7 +197,10 @@ async def cluster_fleet(stack: Stack) -> AsyncIterator[Fleet]:
         for n in range(AUTHORS):
             author_id, token = await create_author(db, f"cluster-{n}")
             tokens[str(author_id)] = token
-        async with httpx.AsyncClient(timeout=30.0) as http:
+        # Idle connections are dropped before uvicorn's 5 s keep-alive ends: a request never
+        # races the server closing its connection (an outcome the load could not judge).
+        limits = httpx.Limits(keepalive_expiry=2.0)
+        async with httpx.AsyncClient(timeout=30.0, limits=limits) as http:
             yield Fleet(
                 stack=stack,
                 topic=topic,

@@ -7,14 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 NO_ERROR = 0
 UNKNOWN_TOPIC = 3  # UNKNOWN_TOPIC_OR_PARTITION
@@ -120,29 +122,33 @@ async def wait_until_led(
 
 
 async def produce_blockers(
-    bootstrap: str, topic: str, *, request_timeout_ms: int = 5_000, attempts: int = 3
+    bootstrap: str, topic: str, *, request_timeout_ms: int = 5_000, attempts: int = 8
 ) -> str:
     """Why acks=all writes to `topic` may fail right now, in words for a log line: brokers down,
     partitions without a leader, or with fewer in-sync replicas than min.insync.replicas (Kafka
-    then answers NOT_ENOUGH_REPLICAS). Empty when the topic looks writable. A few attempts: the
-    admin client asks a random known broker, which may be the one that just died."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await _produce_blockers(bootstrap, topic, request_timeout_ms)
-        except KafkaError:
-            if attempt == attempts:
-                raise
-    raise AssertionError("unreachable")
+    then answers NOT_ENOUGH_REPLICAS). Empty when the topic looks writable."""
 
+    async def asked(question: Callable[[], Awaitable[T]]) -> T:
+        # The admin client sends each request to a random known broker, which may be the one
+        # that just died (refused at once): ask again.
+        for attempt in range(1, attempts + 1):
+            try:
+                return await question()
+            except KafkaError:
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(0.1)
+        raise AssertionError("unreachable")
 
-async def _produce_blockers(bootstrap: str, topic: str, request_timeout_ms: int) -> str:
     async with admin_client(bootstrap, request_timeout_ms=request_timeout_ms) as admin:
-        cluster = await admin.describe_cluster()
-        [entry] = await admin.describe_topics([topic])
+        cluster = await asked(admin.describe_cluster)
+        [entry] = await asked(lambda: admin.describe_topics([topic]))
         if entry["error_code"] == UNKNOWN_TOPIC:
             return f"topic {topic} does not exist"
-        [response] = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})]
+        [response] = await asked(
+            lambda: admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})]
+            )
         )
     min_insync = 1
     for resource in response.to_object()["resources"]:

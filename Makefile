@@ -18,10 +18,15 @@ STACK := deploy/local/stack.sh
 # `make test` exports the stack's addresses (written by `make up`) to the tests.
 STACK_ENV = set -a; . .state/stack.env; set +a
 
-.PHONY: help install up down status clean run test test-unit test-integration test-e2e lint fmt schemas author lag bench-pipeline chaos alerts
+.PHONY: help install up down status clean run test test-unit test-integration test-e2e test-cluster topics lint fmt schemas author lag bench-pipeline chaos alerts
+
+# Each team applies the topics it owns (services/<svc>/topics.yaml) through its own CLI.
+TOPIC_OWNERS := publisher counter indexer
+APPLY_TOPICS = $(STACK_ENV); for svc in $(TOPIC_OWNERS); do \
+	$(UV) run --frozen --no-sync python -m $$svc topics apply $(1) || exit $$?; done
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -44,8 +49,12 @@ lint-k8s: install helm ## offline: generated files current, helm lint + template
 	$(UV) run --frozen --no-sync python deploy/k8s/generate.py --check
 	$(UV) run --frozen --no-sync python -m tests.deploy.k8s_check
 
-up: install ## start Kafka, PostgreSQL, Elasticsearch (idempotent; waits until each answers)
+up: install ## start Kafka (KAFKA_NODES=3: a 3-node cluster), PostgreSQL, Elasticsearch; apply the topics files
 	$(STACK) up
+	$(call APPLY_TOPICS)
+
+topics: install ## reconcile the running Kafka with every team's topics file (ARGS=--dry-run to look first)
+	$(call APPLY_TOPICS,$(ARGS))
 
 down: ## stop exactly what `make up` started
 	$(STACK) down
@@ -73,6 +82,11 @@ test-integration: up ## tests against the real Kafka / PostgreSQL / Elasticsearc
 
 test-e2e: up ## the services as processes, through HTTP, against the real stack
 	$(STACK_ENV); $(PYTEST) -m e2e $(ARGS)
+
+# KAFKA_NODES defaults to 3 here; with a 1-node stack running, `make down` first (stack.sh says so).
+test-cluster: install ## broker loss under load on a 3-node Kafka (marker `cluster`; starts it if needed)
+	KAFKA_NODES=$${KAFKA_NODES:-3} $(MAKE) --no-print-directory up
+	$(STACK_ENV); BLOG_REQUIRE_CLUSTER=1 $(PYTEST) -m cluster $(ARGS)
 
 lint: install alerts ## ruff + mypy strict + schema drift check + alert rules (promtool) + the charts' and deploy/k8s's checks
 	$(UV) run --frozen --no-sync ruff check .
@@ -103,12 +117,13 @@ bench-pipeline: up ## POST latency and POST->counted / POST->searchable, p50/p99
 	$(STACK_ENV); $(UV) run --frozen --no-sync python bench/pipeline_latency.py $(ARGS)
 
 N ?= 2000
-chaos: up ## kill -9 services and restart Kafka under load, then check exactly-once (make chaos N=2000)
+chaos: up ## kill -9 services (and, with KAFKA_NODES=3, brokers) and restart Kafka under load, then check exactly-once (make chaos N=2000)
 	$(STACK_ENV); $(UV) run --frozen --no-sync python -m tests.chaos.chaos_run --writes $(N)
 
-DLQ ?= blog-events.dlq
+# Every group's dead-letter topic by default: a record both groups dead-lettered goes back once.
+DLQ ?= blog-events.counter.dlq,blog-events.indexer.dlq
 .PHONY: redrive
-redrive: up ## re-publish dead letters to their source topic after a fix (make redrive DLQ=blog-events.dlq ARGS=--dry-run)
+redrive: up ## re-publish dead letters to their source topic after a fix (DLQ=blog-events.counter.dlq ARGS=--dry-run)
 	$(STACK_ENV); $(UV) run --frozen --no-sync python -m service_kit.redrive --bootstrap "$$BLOG_KAFKA_BOOTSTRAP" --dlq-topic $(DLQ) $(ARGS)
 
 SIZE ?= full

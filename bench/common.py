@@ -35,7 +35,7 @@ from publisher.auth import create_author
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTITIONS = 6  # the production default (PUBLISHER_TOPIC_PARTITIONS)
+PARTITIONS = 6  # the production default (services/publisher/topics.yaml)
 SERVICE_LOG_LEVEL = "WARNING"  # per-request access logs would be measured too
 
 
@@ -96,8 +96,8 @@ def rss_mb(pid: int | None) -> float | None:
 
 @dataclass
 class Workspace:
-    """A fresh database, topic (+ dlq) and index-name prefix for one bench run, all removed on
-    exit, so runs never see each other's data, offsets or documents."""
+    """A fresh database, topic (+ each group's DLQ) and index-name prefix for one bench run, all
+    removed on exit, so runs never see each other's data, offsets or documents."""
 
     stack: StackAddresses
     partitions: int = PARTITIONS
@@ -116,7 +116,12 @@ class Workspace:
 
     async def __aenter__(self) -> Workspace:
         self.database, self.database_url = await create_database(self.stack.postgres_dsn, "bench_")
-        await create_topic(self.stack.kafka, self.topic, self.partitions)
+        await create_topic(
+            self.stack.kafka,
+            self.topic,
+            self.partitions,
+            groups=[self.group("counter"), self.group("indexer")],
+        )
         processes.artifacts_dir = RESULTS / "logs"
         return self
 
@@ -151,7 +156,6 @@ class Workspace:
                 "PUBLISHER_DATABASE_URL": self.database_url,
                 "PUBLISHER_KAFKA_BOOTSTRAP_SERVERS": self.stack.kafka,
                 "PUBLISHER_TOPIC": self.topic,
-                "PUBLISHER_TOPIC_PARTITIONS": str(self.partitions),
                 "PUBLISHER_STATUS_GROUPS": json.dumps(list(status_groups)),
                 "PUBLISHER_LOG_LEVEL": SERVICE_LOG_LEVEL,
             },
@@ -165,7 +169,6 @@ class Workspace:
                 "COUNTER_DATABASE_URL": self.database_url,
                 "COUNTER_KAFKA_BOOTSTRAP_SERVERS": self.stack.kafka,
                 "COUNTER_TOPIC": self.topic,
-                "COUNTER_TOPIC_PARTITIONS": str(self.partitions),
                 "COUNTER_GROUP_ID": self.group("counter"),
                 "COUNTER_MAX_BATCH": str(max_batch),
                 "COUNTER_LOG_LEVEL": SERVICE_LOG_LEVEL,
@@ -180,7 +183,6 @@ class Workspace:
                 "INDEXER_ES_URL": self.stack.es_url,
                 "INDEXER_KAFKA_BOOTSTRAP_SERVERS": self.stack.kafka,
                 "INDEXER_TOPIC": self.topic,
-                "INDEXER_TOPIC_PARTITIONS": str(self.partitions),
                 "INDEXER_GROUP_ID": self.group("indexer"),
                 "INDEXER_INDEX_ALIAS": self.alias,
                 "INDEXER_MAX_BATCH": str(max_batch),

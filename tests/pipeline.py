@@ -16,6 +16,7 @@ import httpx
 import pytest_asyncio
 
 from blog_testkit import ServiceProcess, Stack
+from blog_testkit.plugin import create_dead_letter_topics
 
 
 @dataclass
@@ -79,6 +80,8 @@ async def pipeline(
 ) -> AsyncIterator[Pipeline]:
     suffix = uuid.uuid4().hex[:8]
     counter_group, indexer_group = f"counter-{suffix}", f"indexer-{suffix}"
+    # Each group's own dead-letter topic, as the teams' topics files declare them.
+    await create_dead_letter_topics(stack.kafka_bootstrap, topic, [counter_group, indexer_group])
     publisher_env = {
         "PUBLISHER_DATABASE_URL": database_url,
         "PUBLISHER_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,

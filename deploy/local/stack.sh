@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# The native stack: real Apache Kafka (KRaft, one combined node), PostgreSQL and Elasticsearch,
-# run from Maven Central artifacts and Debian's PostgreSQL binaries, without Docker.
+# The native stack: real Apache Kafka (KRaft: one combined node, or KAFKA_NODES=3 for a cluster of
+# three combined broker+controller nodes), PostgreSQL and Elasticsearch, run from Maven Central
+# artifacts and Debian's PostgreSQL binaries, without Docker.
 #
 #   stack.sh up      fetch what is missing, configure, start, wait until each answers (idempotent)
 #   stack.sh down    stop exactly the processes `up` started (by their recorded pids)
 #   stack.sh clean   down, then wipe the state folder (downloads stay in Maven's local repository)
 #   stack.sh status  show what runs
+#   stack.sh quorum  the KRaft quorum (leader, voters) as Kafka's metadata-quorum tool reports it
 #   stack.sh env     print the addresses as shell assignments
-#   stack.sh stop|start kafka|postgres|elasticsearch   one server (outage and chaos tests)
+#   stack.sh stop|start kafka|kafka-N|postgres|elasticsearch   one server (outage, chaos, cluster tests)
+#   stack.sh kill kafka|kafka-N      SIGKILL a node (or all): a crash, for the chaos and cluster tests
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="$REPO_ROOT/deploy/local"
+# An explicit KAFKA_NODES is a request (checked against what runs); stack.conf only defaults it.
+KAFKA_NODES_ASKED="${KAFKA_NODES:-}"
 # shellcheck source=stack.conf
 . "$HERE/stack.conf"
 case "$STATE_DIR" in /*) ;; *) STATE_DIR="$PWD/$STATE_DIR" ;; esac
@@ -110,52 +115,212 @@ fetch() {
 
 es_home() { find "$STATE_DIR/es/dist" -mindepth 1 -maxdepth 1 -type d -name 'elasticsearch-*' | head -n1; }
 
-# --- Kafka --------------------------------------------------------------------------------------
-kafka_up() {
-  local dir="$STATE_DIR/kafka" pidfile="$STATE_DIR/kafka/kafka.pid"
-  mkdir -p "$dir/data" "$dir/logs"
-  if pid_alive "$pidfile" kafka.Kafka; then log "kafka already running (pid $(cat "$pidfile"))"; return; fi
-  cat >"$dir/server.properties" <<EOF
+# --- Kafka ---------------------------------------------------------------------------------------
+# KAFKA_NODES=1 (default): one combined broker+controller, as before, state in kafka/.
+# KAFKA_NODES=N>1: N combined nodes with a static N-voter KRaft quorum, state in kafka-<N>nodes/node-<i>/.
+# Node i listens on KAFKA_PORT+10*(i-1) (broker) and KAFKA_CONTROLLER_PORT+10*(i-1) (controller).
+# Each layout keeps its own state, so switching between them never re-formats anything; only one
+# layout runs at a time (they share the first node's ports).
+
+kafka_layout_dir() { # nodes
+  if [ "$1" = 1 ]; then echo "$STATE_DIR/kafka"; else echo "$STATE_DIR/kafka-${1}nodes"; fi
+}
+kafka_node_dir() { # node
+  if [ "$KAFKA_NODES" = 1 ]; then kafka_layout_dir 1; else echo "$(kafka_layout_dir "$KAFKA_NODES")/node-$1"; fi
+}
+kafka_node_port() { echo $((KAFKA_PORT + 10 * ($1 - 1))); }
+kafka_node_controller_port() { echo $((KAFKA_CONTROLLER_PORT + 10 * ($1 - 1))); }
+kafka_nodes() { seq 1 "$KAFKA_NODES"; }
+kafka_bootstrap() {
+  local i list=""
+  for i in $(kafka_nodes); do list="${list:+$list,}127.0.0.1:$(kafka_node_port "$i")"; done
+  echo "$list"
+}
+kafka_pidfile() { echo "$(kafka_node_dir "$1")/kafka.pid"; }
+
+# Every Kafka pid file of every layout that has one, "<nodes> <pidfile>" per line.
+kafka_all_pidfiles() {
+  local f nodes
+  for f in "$STATE_DIR"/kafka/kafka.pid "$STATE_DIR"/kafka-*nodes/node-*/kafka.pid; do
+    [ -e "$f" ] || continue
+    case "$f" in
+      "$STATE_DIR"/kafka/kafka.pid) nodes=1 ;;
+      *) nodes="${f#"$STATE_DIR"/kafka-}"; nodes="${nodes%%nodes/*}" ;;
+    esac
+    echo "$nodes $f"
+  done
+}
+
+# The node count of the layout whose nodes run now (empty when none runs).
+kafka_running_layout() {
+  local nodes f
+  while read -r nodes f; do
+    if pid_alive "$f" kafka.Kafka; then echo "$nodes"; return; fi
+  done < <(kafka_all_pidfiles)
+}
+
+# Which layout a command works on: KAFKA_NODES when asked for, else the one that runs, else (for
+# `up`) one node, or (for stop/start) the layout `up` last started. Asking for another layout
+# than the running one is an error: the two would fight over the first node's ports.
+resolve_kafka_nodes() { # up|one
+  local running
+  running="$(kafka_running_layout)"
+  if [ -n "$KAFKA_NODES_ASKED" ]; then
+    case "$KAFKA_NODES_ASKED" in
+      [1-9]) ;;
+      *) die "KAFKA_NODES must be a node count from 1 to 9 (got '$KAFKA_NODES_ASKED')" ;;
+    esac
+    if [ -n "$running" ] && [ "$running" != "$KAFKA_NODES_ASKED" ]; then
+      die "Kafka runs as a $running-node stack, KAFKA_NODES=$KAFKA_NODES_ASKED was asked for: run 'make down' first (each layout keeps its own data; nothing is lost)"
+    fi
+    KAFKA_NODES="$KAFKA_NODES_ASKED"
+  elif [ -n "$running" ]; then
+    KAFKA_NODES="$running"
+  elif [ "$1" = one ] && [ -s "$STATE_DIR/kafka.nodes" ]; then
+    KAFKA_NODES="$(cat "$STATE_DIR/kafka.nodes")"
+  else
+    KAFKA_NODES=1
+  fi
+  if [ -z "$KAFKA_HEAP" ]; then
+    if [ "$KAFKA_NODES" = 1 ]; then KAFKA_HEAP=512m; else KAFKA_HEAP=384m; fi
+  fi
+}
+
+kafka_server_properties() { # node dir
+  local i="$1" dir="$2" rf=$((KAFKA_NODES < 3 ? KAFKA_NODES : 3)) min_isr quorum i2 voters=""
+  min_isr=$((rf >= 3 ? 2 : 1))
+  if [ "$KAFKA_NODES" = 1 ]; then
+    # Dynamic quorum of one, formatted --standalone (unchanged from the first release).
+    quorum="controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT"
+  else
+    for i2 in $(kafka_nodes); do voters="${voters:+$voters,}$i2@127.0.0.1:$(kafka_node_controller_port "$i2")"; done
+    quorum="controller.quorum.voters=$voters"
+  fi
+  cat <<EOF
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+node.id=$i
+$quorum
+listeners=PLAINTEXT://127.0.0.1:$(kafka_node_port "$i"),CONTROLLER://127.0.0.1:$(kafka_node_controller_port "$i")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(kafka_node_port "$i")
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$dir/data
 num.partitions=6
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
+# min(3, nodes) copies of everything; with 3+ copies a write needs 2 of them (acks=all).
+default.replication.factor=$rf
+min.insync.replicas=$min_isr
+offsets.topic.replication.factor=$rf
 offsets.topic.num.partitions=10
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$min_isr
+unclean.leader.election.enable=false
 group.initial.rebalance.delay.ms=0
 log.retention.hours=168
 EOF
-  local classpath="$dir/lib/*"
-  if [ ! -f "$dir/data/meta.properties" ]; then
-    local cluster_id
-    cluster_id="$(java -cp "$classpath" kafka.tools.StorageTool random-uuid)"
-    log "formatting Kafka storage (cluster $cluster_id)"
-    java -Dlog4j2.configurationFile="$HERE/kafka-log4j2.xml" -Dkafka.logs.dir="$dir/logs" \
-      -cp "$classpath" kafka.tools.StorageTool format -g -t "$cluster_id" \
-      -c "$dir/server.properties" --standalone >"$dir/logs/format.log" 2>&1 \
-      || die "kafka storage format failed; see $dir/logs/format.log"
+}
+
+# The cluster id of a formatted node (empty when the node is not formatted).
+kafka_node_cluster_id() { sed -n 's/^cluster.id=//p' "$1/data/meta.properties" 2>/dev/null || true; }
+
+kafka_format_node() { # node dir cluster_id
+  local i="$1" dir="$2" cluster_id="$3" standalone=()
+  [ "$KAFKA_NODES" = 1 ] && standalone=(--standalone)
+  log "formatting Kafka storage of node $i (cluster $cluster_id)"
+  java -Dlog4j2.configurationFile="$HERE/kafka-log4j2.xml" -Dkafka.logs.dir="$dir/logs" \
+    -cp "$STATE_DIR/kafka/lib/*" kafka.tools.StorageTool format -g -t "$cluster_id" \
+    -c "$dir/server.properties" "${standalone[@]}" >"$dir/logs/format.log" 2>&1 \
+    || die "kafka storage format of node $i failed; see $dir/logs/format.log"
+}
+
+# Format what is not formatted yet: all nodes with one cluster id, kept in the layout folder.
+# A node whose data belongs to another cluster stops everything (never a half-broken cluster).
+kafka_prepare() {
+  local layout cluster_id i dir found formatted=""
+  layout="$(kafka_layout_dir "$KAFKA_NODES")"
+  mkdir -p "$layout"
+  cluster_id="$(cat "$layout/cluster.id" 2>/dev/null || true)"
+  for i in $(kafka_nodes); do
+    found="$(kafka_node_cluster_id "$(kafka_node_dir "$i")")"
+    [ -n "$found" ] && formatted="$formatted $i"
+    if [ -n "$found" ] && [ -z "$cluster_id" ]; then cluster_id="$found"; fi
+  done
+  if [ -z "$cluster_id" ]; then
+    cluster_id="$(java -cp "$STATE_DIR/kafka/lib/*" kafka.tools.StorageTool random-uuid)"
   fi
-  log "starting kafka on 127.0.0.1:$KAFKA_PORT"
+  echo "$cluster_id" >"$layout/cluster.id"
+  for i in $(kafka_nodes); do
+    dir="$(kafka_node_dir "$i")"
+    mkdir -p "$dir/data" "$dir/logs"
+    kafka_server_properties "$i" "$dir" >"$dir/server.properties"
+    found="$(kafka_node_cluster_id "$dir")"
+    if [ -z "$found" ]; then
+      if [ -n "$formatted" ]; then
+        log "WARNING: kafka node $i has no data while node(s)$formatted have: it joins empty and copies its partitions back from the others"
+      fi
+      kafka_format_node "$i" "$dir" "$cluster_id"
+    elif [ "$found" != "$cluster_id" ]; then
+      die "kafka node $i's data ($dir/data) belongs to cluster $found, not $cluster_id like the rest: wipe that layout ('make clean', or rm -rf $layout) rather than mix two clusters"
+    fi
+  done
+}
+
+kafka_start_node() { # node
+  local i="$1" dir pidfile
+  dir="$(kafka_node_dir "$i")"; pidfile="$(kafka_pidfile "$i")"
+  if pid_alive "$pidfile" kafka.Kafka; then log "kafka node $i already running (pid $(cat "$pidfile"))"; return; fi
+  log "starting kafka node $i on 127.0.0.1:$(kafka_node_port "$i") (controller $(kafka_node_controller_port "$i"), heap $KAFKA_HEAP)"
   # Its own session (setsid): a Ctrl-C in the terminal that ran `make run` is not for it.
   setsid nohup java -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" -XX:+UseG1GC \
     -Dlog4j2.configurationFile="$HERE/kafka-log4j2.xml" -Dkafka.logs.dir="$dir/logs" \
-    -cp "$classpath" kafka.Kafka "$dir/server.properties" \
+    -cp "$STATE_DIR/kafka/lib/*" kafka.Kafka "$dir/server.properties" \
     >"$dir/logs/kafka.out" 2>&1 </dev/null &
   echo $! >"$pidfile"
 }
 
-kafka_ready() {
-  # A produce/consume round trip, not just an open port.
-  "$REPO_ROOT/.venv/bin/python" "$HERE/kafka_roundtrip.py" "127.0.0.1:$KAFKA_PORT"
+kafka_up() {
+  local i
+  kafka_prepare
+  echo "$KAFKA_NODES" >"$STATE_DIR/kafka.nodes"
+  for i in $(kafka_nodes); do kafka_start_node "$i"; done
+}
+
+kafka_stop_node() { # node signal
+  stop_pid "kafka node $1" "$(kafka_pidfile "$1")" kafka.Kafka "$2"
+}
+
+# All nodes at once: stopped one by one, the last ones would wait for a controller quorum that
+# is already gone before they finish their controlled shutdown.
+kafka_stop_all() { # signal
+  local i pids=()
+  for i in $(kafka_nodes); do
+    kafka_stop_node "$i" "$1" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+}
+
+kafka_ready() { # [node]: that node answers and the cluster does a produce/consume round trip
+  local args=("$(kafka_bootstrap)" --nodes "$KAFKA_NODES")
+  [ -n "${1:-}" ] && args+=(--node "$1" --node-address "127.0.0.1:$(kafka_node_port "$1")")
+  "$REPO_ROOT/.venv/bin/python" "$HERE/kafka_roundtrip.py" "${args[@]}"
+}
+
+kafka_wait_ready() { # [node]
+  local what="kafka" logfile
+  logfile="$(kafka_node_dir "${1:-1}")/logs/server.log"
+  [ -n "${1:-}" ] && what="kafka node $1"
+  wait_for "$what" "$logfile" kafka_ready "${1:-}"
+}
+
+# The KRaft quorum as Kafka's own tool reports it (DescribeQuorum): leader, epoch, voters' lag.
+kafka_quorum() {
+  local logs; logs="$(kafka_layout_dir "$KAFKA_NODES")/tool-logs"
+  mkdir -p "$logs"
+  java -Dlog4j2.configurationFile="$HERE/kafka-log4j2.xml" -Dkafka.logs.dir="$logs" \
+    -cp "$STATE_DIR/kafka/lib/*" org.apache.kafka.tools.MetadataQuorumCommand \
+    --bootstrap-server "$(kafka_bootstrap)" describe --status
 }
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
@@ -245,9 +410,16 @@ es_ready() {
 # --- commands -----------------------------------------------------------------------------------
 write_env() {
   cat >"$STATE_DIR/stack.env" <<EOF
-BLOG_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+BLOG_KAFKA_BOOTSTRAP=$(kafka_bootstrap)
 BLOG_POSTGRES_DSN=$(pg_dsn)
 BLOG_ES_URL=http://127.0.0.1:$ES_PORT
+# What this stack was started with, so stack.sh stop|start|kill from its env finds the same nodes.
+KAFKA_NODES=$KAFKA_NODES
+KAFKA_PORT=$KAFKA_PORT
+KAFKA_CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT
+PG_PORT=$PG_PORT
+ES_PORT=$ES_PORT
+ES_TRANSPORT_PORT=$ES_TRANSPORT_PORT
 EOF
   chmod 600 "$STATE_DIR/stack.env"
 }
@@ -256,14 +428,15 @@ cmd_up() {
   need_root; check_java
   [ -x "$REPO_ROOT/.venv/bin/python" ] || die "no .venv: run 'make install' (uv sync) first"
   resolve_state_dir
+  resolve_kafka_nodes up
   local started=$SECONDS
   fetch
   chmod -R a+rX "$STATE_DIR/es/dist"
   kafka_up; pg_up; es_up
   wait_for postgres "$STATE_DIR/pg/postgres.log" pg_ready
   log "postgres ready"
-  wait_for kafka "$STATE_DIR/kafka/logs/server.log" kafka_ready
-  log "kafka ready (produce/consume round trip)"
+  kafka_wait_ready
+  log "kafka ready: $KAFKA_NODES node(s) at $(kafka_bootstrap) (produce/consume round trip)"
   wait_for elasticsearch "$STATE_DIR/es/logs/blog-local.log" es_ready
   log "elasticsearch ready (cluster health yellow/green)"
   write_env
@@ -276,7 +449,13 @@ cmd_down() {
   stop_pid elasticsearch "$STATE_DIR/es/es.pid" org.elasticsearch TERM
   # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
   stop_pid postgres "$STATE_DIR/pg/postgres.pid" postgres INT
-  stop_pid kafka "$STATE_DIR/kafka/kafka.pid" kafka.Kafka TERM
+  # Every layout's nodes that run, together (see kafka_stop_all).
+  local nodes f pids=()
+  while read -r nodes f; do
+    stop_pid "kafka node $(basename "$(dirname "$f")") ($nodes-node layout)" "$f" kafka.Kafka TERM &
+    pids+=($!)
+  done < <(kafka_all_pidfiles)
+  [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
 }
 
 cmd_clean() {
@@ -292,40 +471,58 @@ cmd_clean() {
 cmd_status() {
   [ -e "$STATE_DIR" ] || { echo "no state folder"; return; }
   STATE_DIR="$(readlink -f "$STATE_DIR")"
-  local name pidfile pattern
-  while read -r name pidfile pattern; do
-    if pid_alive "$STATE_DIR/$pidfile" "$pattern"; then
-      printf '%-14s running (pid %s)\n' "$name" "$(cat "$STATE_DIR/$pidfile")"
+  resolve_kafka_nodes one
+  local name pidfile pattern i
+  show() { # name pidfile pattern
+    if pid_alive "$2" "$3"; then
+      printf '%-14s running (pid %s)\n' "$1" "$(cat "$2")"
     else
-      printf '%-14s stopped\n' "$name"
+      printf '%-14s stopped\n' "$1"
     fi
-  done <<EOF
-kafka kafka/kafka.pid kafka.Kafka
-postgres pg/postgres.pid postgres
-elasticsearch es/es.pid org.elasticsearch
-EOF
+  }
+  for i in $(kafka_nodes); do
+    if [ "$KAFKA_NODES" = 1 ]; then name=kafka; else name="kafka-$i"; fi
+    show "$name" "$(kafka_pidfile "$i")" kafka.Kafka
+    [ "$KAFKA_NODES" = 1 ] || printf '%-14s   127.0.0.1:%s, controller %s\n' "" "$(kafka_node_port "$i")" "$(kafka_node_controller_port "$i")"
+  done
+  show postgres "$STATE_DIR/pg/postgres.pid" postgres
+  show elasticsearch "$STATE_DIR/es/es.pid" org.elasticsearch
 }
 
-# One server at a time, for the outage and chaos tests (the others keep running).
-cmd_one() { # stop|start component
+# One server at a time, for the outage, chaos and cluster tests (the others keep running).
+# `kafka` is every node of the layout; `kafka-N` one node. `kill` is SIGKILL (a crash).
+cmd_one() { # stop|start|kill component
   STATE_DIR="$(readlink -f "$STATE_DIR")"
+  resolve_kafka_nodes one
+  local node=""
+  case "$2" in
+    kafka-[1-9])
+      node="${2#kafka-}"
+      [ "$node" -le "$KAFKA_NODES" ] || die "no $2: Kafka runs $KAFKA_NODES node(s)"
+      ;;
+  esac
   case "$1:$2" in
-    stop:kafka) stop_pid kafka "$STATE_DIR/kafka/kafka.pid" kafka.Kafka TERM ;;
+    stop:kafka) kafka_stop_all TERM ;;
+    kill:kafka) kafka_stop_all KILL ;;
+    stop:kafka-*) kafka_stop_node "$node" TERM ;;
+    kill:kafka-*) kafka_stop_node "$node" KILL ;;
     stop:postgres) stop_pid postgres "$STATE_DIR/pg/postgres.pid" postgres INT ;;
     stop:elasticsearch) stop_pid elasticsearch "$STATE_DIR/es/es.pid" org.elasticsearch TERM ;;
-    start:kafka) kafka_up; wait_for kafka "$STATE_DIR/kafka/logs/server.log" kafka_ready ;;
+    start:kafka) kafka_up; kafka_wait_ready ;;
+    start:kafka-*) kafka_prepare; kafka_start_node "$node"; kafka_wait_ready "$node" ;;
     start:postgres) pg_up; wait_for postgres "$STATE_DIR/pg/postgres.log" pg_ready ;;
     start:elasticsearch) es_up; wait_for elasticsearch "$STATE_DIR/es/logs/blog-local.log" es_ready ;;
-    *) die "usage: $0 stop|start kafka|postgres|elasticsearch" ;;
+    *) die "usage: $0 stop|start|kill kafka|kafka-N|postgres|elasticsearch (kill: kafka nodes only)" ;;
   esac
 }
 
 case "${1:-}" in
   up) cmd_up ;;
-  stop|start) need_root; cmd_one "$1" "${2:-}" ;;
+  stop|start|kill) need_root; cmd_one "$1" "${2:-}" ;;
   down) cmd_down ;;
   clean) cmd_clean ;;
   status) cmd_status ;;
+  quorum) STATE_DIR="$(readlink -f "$STATE_DIR")"; resolve_kafka_nodes one; kafka_quorum ;;
   env) STATE_DIR="$(readlink -f "$STATE_DIR")"; cat "$STATE_DIR/stack.env" ;;
-  *) echo "usage: $0 up|down|clean|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|clean|status|quorum|env|stop|start|kill <component>" >&2; exit 2 ;;
 esac

@@ -1,9 +1,11 @@
 """The chaos run: while a load generator posts, updates and deletes blogs for many authors, kill -9
 the counter, the indexer and the publisher (its relay with it) at random moments and restart them,
-and stop and restart the Kafka broker once. Then wait for everything to catch up and check the
-promise: a 2xx means counted exactly once and indexed exactly once.
+and stop and restart Kafka once. On a cluster (KAFKA_NODES=3) every broker is also killed -9 at
+least once (one at a time, restarted a few seconds later). Then wait for everything to catch up
+and check the promise: a 2xx means counted exactly once and indexed exactly once.
 
-    make chaos N=2000          # N = write requests; also run small by `make test` (test_chaos.py)
+    make chaos N=2000                  # N = write requests; also run small by `make test`
+    make chaos KAFKA_NODES=3 N=2000    # the same on the 3-node cluster, with broker kills
 
 Invariants checked (PostgreSQL's publisher.blogs is the truth; a request whose connection died
 with the publisher has an unknown outcome, so it is judged by what the database holds):
@@ -55,7 +57,10 @@ class ChaosReport:
     requests_accepted: int = 0
     requests_unknown: int = 0  # the connection died with the publisher: outcome unknown
     requests_rejected: int = 0  # a clear 4xx/5xx answer (e.g. 503 while a dependency was down)
+    server_errors: int = 0  # of which 5xx
+    post_server_errors: int = 0  # of which 5xx to a POST
     kills: dict[str, int] = field(default_factory=dict)
+    broker_kills: dict[str, int] = field(default_factory=dict)
     kafka_restarts: int = 0
     live_blogs: int = 0
     duplicates: int = 0
@@ -78,12 +83,23 @@ class Stack:
             os.environ["BLOG_ES_URL"],
         )
 
+    @property
+    def kafka_nodes(self) -> int:
+        """Nodes of the native stack's Kafka (its env says; else one per bootstrap address)."""
+        return int(os.environ.get("KAFKA_NODES") or len(self.kafka.split(",")))
+
 
 class Load:
-    """Writes by many authors; remembers what the publisher accepted."""
+    """Writes by many authors, through one publisher or several (picked at random per request);
+    remembers what the publishers accepted."""
 
-    def __init__(self, publisher: ServiceProcess, tokens: dict[str, str], seed: int) -> None:
-        self.publisher = publisher
+    def __init__(
+        self,
+        publisher: ServiceProcess | Sequence[ServiceProcess],
+        tokens: dict[str, str],
+        seed: int,
+    ) -> None:
+        self.publishers = [publisher] if isinstance(publisher, ServiceProcess) else [*publisher]
         self.tokens = tokens  # author id -> token
         self.rng = random.Random(seed)
         self.live: dict[str, list[str]] = {author: [] for author in tokens}
@@ -96,10 +112,11 @@ class Load:
         headers = {"Authorization": f"Bearer {self.tokens[author]}"}
         mine = self.live[author]
         roll = self.rng.random()
-        url = self.publisher.url
+        url = self.rng.choice(self.publishers).url
         report.requests_sent += 1
+        posting = not mine or roll < 0.55
         try:
-            if not mine or roll < 0.55:
+            if posting:
                 body = {"title": f"Chaos {uuid.uuid4().hex[:8]}", "body": "x" * 200, "tags": ["c"]}
                 response = await http.post(f"{url}/blogs", json=body, headers=headers)
                 if response.status_code == 202:
@@ -113,8 +130,10 @@ class Load:
             else:
                 blog_id = mine.pop(self.rng.randrange(len(mine)))
                 response = await http.delete(f"{url}/blogs/{blog_id}", headers=headers)
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
             report.requests_unknown += 1
+            if len(report.problems) < 20:
+                report.problems.append(f"unknown outcome ({url}): {exc!r}")
             return False
         if response.status_code == 202:
             report.requests_accepted += 1
@@ -124,6 +143,9 @@ class Load:
             )
         else:
             report.requests_rejected += 1
+            if response.status_code >= 500:
+                report.server_errors += 1
+                report.post_server_errors += posting
         return True
 
 
@@ -144,12 +166,18 @@ async def chaos_run(
 ) -> ChaosReport:
     stack = Stack.from_env()
     rng = random.Random(seed)
-    report = ChaosReport(kills={"publisher": 0, "counter": 0, "indexer": 0})
+    brokers = (
+        [f"kafka-{n}" for n in range(1, stack.kafka_nodes + 1)] if stack.kafka_nodes > 1 else []
+    )
+    report = ChaosReport(
+        kills={"publisher": 0, "counter": 0, "indexer": 0},
+        broker_kills=dict.fromkeys(brokers, 0),
+    )
     topic, prefix = unique_name("chaos-"), unique_name("chaos-")
     database, database_url = await create_database(stack.postgres_dsn, "chaos_")
-    await create_topic(stack.kafka, topic)
     alias = f"{prefix}blogs"
     groups = [f"counter-{prefix}", f"indexer-{prefix}"]
+    await create_topic(stack.kafka, topic, groups=groups)
     services = {
         "publisher": ServiceProcess(
             "chaos-publisher",
@@ -200,9 +228,10 @@ async def chaos_run(
         load_done = asyncio.Event()
 
         async with httpx.AsyncClient(timeout=15.0) as http:
-            # The fault plan: every service killed `kills_each` times and Kafka stopped once, in
-            # a random order at random moments; after it, random kills until the load is done.
-            plan = [*services] * kills_each + ["kafka"]
+            # The fault plan: every service killed `kills_each` times, Kafka stopped once and, on
+            # a cluster, every broker killed -9 once, in a random order at random moments; after
+            # it, random kills until the load is done.
+            plan = [*services] * kills_each + ["kafka", *brokers]
             rng.shuffle(plan)
             plan_done = asyncio.Event()
 
@@ -232,6 +261,14 @@ async def chaos_run(
                     else:
                         plan_done.set()
                         victim = rng.choice(list(services))
+                    if victim in report.broker_kills:
+                        # A crashed broker; the others keep serving (3 copies, 2 in sync).
+                        await asyncio.to_thread(stack_command, "kill", victim)
+                        report.broker_kills[victim] += 1
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(load_done.wait(), timeout=rng.uniform(2, 8))
+                        await asyncio.to_thread(stack_command, "start", victim)
+                        continue
                     if victim == "kafka":
                         kafka_stopped = True
                         await asyncio.to_thread(stack_command, "stop", "kafka")
@@ -270,7 +307,8 @@ async def chaos_run(
             report.seconds_to_converge = round(time.monotonic() - started, 1)
             await check_invariants(db, es, alias, load, report)
     finally:
-        if kafka_stopped:
+        if kafka_stopped or brokers:
+            # Idempotent: starts whatever node a failure left stopped.
             await asyncio.to_thread(stack_command, "start", "kafka")
         for service in services.values():
             with contextlib.suppress(Exception):
@@ -380,6 +418,7 @@ def main() -> None:
         f"accepted {report.requests_accepted} of {report.requests_sent} writes "
         f"(unknown {report.requests_unknown}, rejected {report.requests_rejected}); "
         f"kills {sum(report.kills.values())} {report.kills}; "
+        f"broker kills {sum(report.broker_kills.values())} {report.broker_kills}; "
         f"kafka restarts {report.kafka_restarts}; live blogs {report.live_blogs}; "
         f"duplicates {report.duplicates}; missing {report.missing}; "
         f"converged in {report.seconds_to_converge}s (seed {args.seed})"

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from blog_events import BlogPublished, encode_event, new_envelope
 from blog_testkit import Stack, read_topic, wait_until
+from service_kit.topics import dead_letter_topic
 from tests.pipeline import Pipeline
 
 from .support import dlq_header, metric, post_accepted
@@ -122,8 +123,13 @@ async def test_poison_goes_to_the_dlq_and_the_good_events_around_it_are_processe
 
     await wait_until(all_dead_lettered, timeout=60, what="every poison record dead-lettered")
 
-    dead = await read_topic(stack.kafka_bootstrap, f"{topic}.dlq")
-    assert len(dead) == 2 * len(poisons), "each group dead-letters each poison record once"
+    # Each group dead-letters each poison record once, to its own dead-letter topic.
+    dead = []
+    for group in (counter_group, indexer_group):
+        own = await read_topic(stack.kafka_bootstrap, dead_letter_topic(topic, group))
+        assert len(own) == len(poisons), group
+        assert {dlq_header(record, "dlq-group") for record in own} == {group}
+        dead += own
     seen: dict[tuple[int, int], set[str]] = {}
     for record in dead:
         source = (int(dlq_header(record, "dlq-source-partition")),

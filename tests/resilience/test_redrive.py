@@ -11,11 +11,13 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 
 from blog_events import BlogPublished, encode_event, new_envelope
 from blog_testkit import Stack, read_topic, wait_until
 from service_kit.consumer import dlq_headers
 from service_kit.redrive import REDRIVEN_FROM_HEADER
+from service_kit.topics import dead_letter_topic
 from tests.pipeline import Pipeline
 
 from .support import metric, post_accepted
@@ -37,10 +39,16 @@ async def run_redrive(stack: Stack, dlq: str, group: str) -> str:
     return out.decode()
 
 
+async def read_dead_letters(stack: Stack, *dlqs: str) -> list[ConsumerRecord[bytes, bytes]]:
+    return [record for dlq in dlqs for record in await read_topic(stack.kafka_bootstrap, dlq)]
+
+
 async def test_redrive_after_a_fix(pipeline: Pipeline, stack: Stack, topic: str) -> None:
-    dlq = f"{topic}.dlq"
     counter_group = pipeline.counter.env["COUNTER_GROUP_ID"]
     indexer_group = pipeline.indexer.env["INDEXER_GROUP_ID"]
+    # Each group's own dead-letter topic; one redrive run drains both.
+    counter_dlq, indexer_dlq = (dead_letter_topic(topic, g) for g in (counter_group, indexer_group))
+    dlq = f"{counter_dlq},{indexer_dlq}"
     redrive_group = f"redrive-{uuid.uuid4().hex[:8]}"
     author = await pipeline.create_author("redriven")
     expected = {await post_accepted(pipeline, author, f"good {n}"): 1 for n in range(2)}
@@ -75,7 +83,7 @@ async def test_redrive_after_a_fix(pipeline: Pipeline, stack: Stack, topic: str)
         # A valid event that an older consumer version could not parse: both groups had
         # dead-lettered it (as they do, with these headers) before the fix was deployed.
         await producer.send_and_wait(
-            dlq,
+            counter_dlq,
             key=fixed_event.key.encode(),
             value=encode_event(fixed_event),
             headers=dlq_headers(
@@ -88,7 +96,7 @@ async def test_redrive_after_a_fix(pipeline: Pipeline, stack: Stack, topic: str)
             ),
         )
         await producer.send_and_wait(
-            dlq,
+            indexer_dlq,
             key=fixed_event.key.encode(),
             value=encode_event(fixed_event),
             headers=dlq_headers(
@@ -102,7 +110,7 @@ async def test_redrive_after_a_fix(pipeline: Pipeline, stack: Stack, topic: str)
         )
     finally:
         await producer.stop()
-    assert len(await read_topic(stack.kafka_bootstrap, dlq)) == 4
+    assert len(await read_dead_letters(stack, counter_dlq, indexer_dlq)) == 4
 
     out = await run_redrive(stack, dlq, redrive_group)
     assert "redriven 2, skipped 2 duplicate(s) and 0 without a source" in out, out
@@ -128,7 +136,7 @@ async def test_redrive_after_a_fix(pipeline: Pipeline, stack: Stack, topic: str)
 
     await wait_until(fixed_event_applied, timeout=60, what="the redriven event applied")
     await wait_until(lambda: dead_lettered(2), timeout=60, what="the poison dead-lettered again")
-    dead = await read_topic(stack.kafka_bootstrap, dlq)
+    dead = await read_dead_letters(stack, counter_dlq, indexer_dlq)
     assert len(dead) == 6
     again = [r for r in dead if REDRIVEN_FROM_HEADER in dict(r.headers)]
     assert [r.value for r in again] == [STILL_POISON, STILL_POISON]

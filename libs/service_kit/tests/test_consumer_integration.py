@@ -22,7 +22,9 @@ from blog_testkit import (
     running_batch_consumer,
     wait_until,
 )
+from blog_testkit.plugin import create_dead_letter_topics
 from service_kit.consumer import BatchConsumer, ConsumedEvent, ConsumerConfig, ConsumerMetrics
+from service_kit.topics import dead_letter_topic
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +58,7 @@ def config_for(stack: Stack, topic: str, **overrides: object) -> ConsumerConfig:
         "bootstrap_servers": stack.kafka_bootstrap,
         "topic": topic,
         "group_id": f"{topic}-group",
-        "dlq_topic": f"{topic}.dlq",
+        "dlq_topic": dead_letter_topic(topic, f"{topic}-group"),
         "retry_initial_s": 0.05,
         "retry_max_s": 0.2,
     }
@@ -176,6 +178,7 @@ async def test_malformed_record_goes_to_dlq_and_good_ones_around_it_are_handled(
     stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
 ) -> None:
     config = config_for(stack, topic)
+    await create_dead_letter_topics(stack.kafka_bootstrap, topic, [config.group_id])
     handled: list[ConsumedEvent[Envelope]] = []
 
     async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
@@ -372,7 +375,7 @@ async def handler(events):
 
 async def main():
     bootstrap, topic = sys.argv[1], sys.argv[2]
-    config = ConsumerConfig(bootstrap, topic, f"{topic}-group", f"{topic}.dlq")
+    config = ConsumerConfig(bootstrap, topic, f"{topic}-group", f"{topic}.{topic}-group.dlq")
     crashing = crash_after_batches(1)(handler)
     await BatchConsumer(config, crashing, decoder=BLOG_DECODER).run()
 

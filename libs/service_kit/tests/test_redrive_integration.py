@@ -22,6 +22,7 @@ from blog_testkit import (
     running_batch_consumer,
     wait_until,
 )
+from blog_testkit.plugin import create_topic
 from service_kit.consumer import (
     BatchConsumer,
     ConsumedEvent,
@@ -71,6 +72,8 @@ async def consuming(
         bootstrap_servers=stack.kafka_bootstrap,
         topic=topic,
         group_id=group,
+        # One dead-letter topic for both groups here: the redrive must still send each source
+        # record back once (the platform gives each group its own, `<topic>.<group>.dlq`).
         dlq_topic=f"{topic}.dlq",
         retry_initial_s=0.05,
         retry_max_s=0.2,
@@ -88,6 +91,7 @@ async def test_redrive_republishes_each_dead_letter_once_after_the_fix(
 ) -> None:
     fix = Fix()
     dlq = f"{topic}.dlq"
+    await create_topic(stack.kafka_bootstrap, dlq)
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
     await producer.start()
     try:
@@ -165,12 +169,14 @@ async def test_redrive_republishes_each_dead_letter_once_after_the_fix(
 
 
 async def test_redrive_of_an_empty_dead_letter_topic_does_nothing(stack: Stack, topic: str) -> None:
+    await create_topic(stack.kafka_bootstrap, f"{topic}.dlq")
     report = await redrive(stack.kafka_bootstrap, f"{topic}.dlq", group=f"{topic}-redrive")
     assert (report.redriven, report.duplicates, report.without_source) == (0, 0, 0)
 
 
 async def test_the_command_line_prints_what_it_did(stack: Stack, topic: str) -> None:
     dlq = f"{topic}.dlq"
+    await create_topic(stack.kafka_bootstrap, dlq)
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
     await producer.start()
     try:

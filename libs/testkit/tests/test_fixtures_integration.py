@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
 from blog_testkit import Stack, wait_until
+from blog_testkit.plugin import create_dead_letter_topics
+from service_kit.kafka_admin import admin_client
+from service_kit.topics import describe_topic_configs
 
 pytestmark = pytest.mark.integration
 
@@ -54,34 +56,35 @@ async def test_database_is_dropped_afterwards(stack: Stack) -> None:
     assert not exists
 
 
-async def test_topic_has_six_partitions_and_a_dlq(stack: Stack, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    try:
-        described = {t["topic"]: t for t in await admin.describe_topics([topic, f"{topic}.dlq"])}
-    finally:
-        await admin.close()
-    assert len(described[topic]["partitions"]) == 6
-    assert len(described[f"{topic}.dlq"]["partitions"]) == 6
-    assert described[topic]["error_code"] == 0
+async def test_topic_has_six_partitions_replicated_as_the_cluster_allows(
+    stack: Stack, topic: str
+) -> None:
+    [dlq] = await create_dead_letter_topics(stack.kafka_bootstrap, topic, ["g"])
+    assert dlq == f"{topic}.g.dlq"
+    async with admin_client(stack.kafka_bootstrap) as admin:
+        described = {t["topic"]: t for t in await admin.describe_topics([topic, dlq])}
+        configs = await describe_topic_configs(admin, [topic, dlq])
+        brokers = len((await admin.describe_cluster())["brokers"])
+    copies = min(3, brokers)
+    for name in (topic, dlq):
+        assert described[name]["error_code"] == 0
+        assert len(described[name]["partitions"]) == 6
+        assert {len(p["replicas"]) for p in described[name]["partitions"]} == {copies}
+        assert configs[name]["min.insync.replicas"][0] == ("2" if copies >= 3 else "1")
     _seen["topic"] = topic
 
 
 async def test_topic_is_deleted_afterwards(stack: Stack) -> None:
     if "topic" not in _seen:
-        pytest.skip("runs after test_topic_has_six_partitions_and_a_dlq")
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
+        pytest.skip("runs after test_topic_has_six_partitions_replicated_as_the_cluster_allows")
 
     async def both_gone() -> bool:
         # Deletion is asynchronous on the broker: metadata catches up shortly after.
-        topics = set(await admin.list_topics())
-        return not topics & {_seen["topic"], f"{_seen['topic']}.dlq"}
+        async with admin_client(stack.kafka_bootstrap) as admin:
+            topics = set(await admin.list_topics())
+        return not topics & {_seen["topic"], f"{_seen['topic']}.g.dlq"}
 
-    try:
-        await wait_until(both_gone, timeout=30, what=f"{_seen['topic']} (+ .dlq) deleted")
-    finally:
-        await admin.close()
+    await wait_until(both_gone, timeout=30, what=f"{_seen['topic']} (+ its DLQ) deleted")
 
 
 async def test_es_prefix_is_fresh(es: AsyncElasticsearch, es_prefix: str) -> None:

@@ -16,6 +16,7 @@ from blog_testkit import processes as processes_module
 from blog_testkit.plugin import unique_name, with_database
 from blog_testkit.stack import (
     StackUnavailable,
+    check_reachable,
     find_state_env,
     read_env_file,
     resolve_stack,
@@ -35,6 +36,16 @@ def test_stack_from_all_three_variables() -> None:
         postgres_dsn="postgresql://u:p@127.0.0.1:55432/blog",
         es_url="http://127.0.0.1:9200",
     )
+
+
+def test_a_bootstrap_list_counts_its_nodes_unless_the_stack_says() -> None:
+    cluster = "127.0.0.1:9092,127.0.0.1:9102,127.0.0.1:9112"
+    listed = stack_from_mapping({**FULL_ENV, "BLOG_KAFKA_BOOTSTRAP": cluster}, "env")
+    assert listed is not None
+    assert (listed.kafka_bootstrap, listed.kafka_nodes) == (cluster, 3)
+    told = stack_from_mapping({**FULL_ENV, "KAFKA_NODES": "3"}, "env")
+    assert told is not None
+    assert told.kafka_nodes == 3
 
 
 def test_no_variables_means_no_stack_and_partial_is_an_error() -> None:
@@ -82,6 +93,20 @@ def test_unreachable_stack_names_the_component(tmp_path: Path) -> None:
         env = {**FULL_ENV, "BLOG_KAFKA_BOOTSTRAP": f"127.0.0.1:{dead_port}"}
         with pytest.raises(StackUnavailable, match="Kafka"), resolve_stack(tmp_path, env):
             pass
+
+
+def test_kafka_is_reachable_through_any_node_of_its_list() -> None:
+    with socket.socket() as dead, socket.socket() as live:
+        dead.bind(("127.0.0.1", 0))
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in (dead, live)]
+        # Only Kafka is probed here: the others point at the same listening socket.
+        stack = Stack(",".join(addresses), f"postgresql://u:p@{addresses[1]}/db",
+                      f"http://{addresses[1]}")  # fmt: skip
+        check_reachable(stack)
+        with pytest.raises(StackUnavailable, match=addresses[0]):
+            check_reachable(Stack(addresses[0], stack.postgres_dsn, stack.es_url))
 
 
 def test_with_database_keeps_server_and_credentials() -> None:

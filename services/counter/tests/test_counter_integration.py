@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import httpx
 import pytest
+import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 
 from blog_events import encode_event
@@ -33,10 +34,20 @@ from blog_testkit.faults import (
     FAULTY_SERVICE_MODULE,
     faulty_service_env,
 )
+from blog_testkit.plugin import create_dead_letter_topics
 from counter.app import create_app
 from counter.settings import Settings
 
 pytestmark = pytest.mark.integration
+
+
+@pytest_asyncio.fixture
+async def topic(topic: str, stack: Stack) -> str:
+    """The plugin's fresh topic, plus the dead-letter topic of this module's consumer group(s):
+    consumers wait for both before they consume."""
+    await create_dead_letter_topics(stack.kafka_bootstrap, topic, [f"counter-{topic}"])
+    return topic
+
 
 ServiceProcessFactory = Callable[..., ServiceProcess]
 
@@ -308,3 +319,31 @@ async def test_without_the_consumer_the_api_serves_and_is_ready(
         assert ready.json()["checks"] == {"database": "ok", "consumer": "disabled"}
         assert (await client.get("/healthz")).status_code == 200
         assert await total_blogs(client, uuid.uuid4()) == 0
+
+
+async def test_not_ready_naming_its_missing_dead_letter_topic_until_it_exists(
+    stack: Stack, database_url: str, topic: str
+) -> None:
+    # A group whose dead-letter topic nobody created: the counter never creates topics.
+    settings = Settings(
+        database_url=database_url,
+        kafka_bootstrap_servers=stack.kafka_bootstrap,
+        topic=topic,
+        group_id=f"unprepared-{topic}",
+    )
+    async with running_counter(settings) as client:
+
+        async def not_ready_naming_it() -> bool:
+            ready = await client.get("/readyz")
+            consumer = ready.json()["checks"]["consumer"]
+            return ready.status_code == 503 and f"topic {settings.dlq_topic} does not exist" in (
+                consumer
+            )
+
+        await wait_until(not_ready_naming_it, timeout=SETTLE_TIMEOUT_S, what="503 naming the DLQ")
+        await create_dead_letter_topics(stack.kafka_bootstrap, topic, [settings.group_id])
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await wait_until(ready, timeout=SETTLE_TIMEOUT_S, what="ready once the DLQ exists")

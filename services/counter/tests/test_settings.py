@@ -22,7 +22,7 @@ def test_defaults_with_only_the_database_url(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("COUNTER_DATABASE_URL", "postgresql://u@h/db")
     settings = Settings()
     assert settings.database_url == "postgresql://u@h/db"
-    assert (settings.topic, settings.dlq_topic) == ("blog-events", "blog-events.dlq")
+    assert (settings.topic, settings.dlq_topic) == ("blog-events", "blog-events.counter.dlq")
     assert (settings.group_id, settings.host, settings.port) == ("counter", "127.0.0.1", 8001)
     assert settings.consumer_enabled is True
     assert settings.max_batch == 500
@@ -35,7 +35,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COUNTER_TOPIC", "t1")
     monkeypatch.setenv("COUNTER_CONSUMER_ENABLED", "false")
     settings = Settings()
-    assert settings.dlq_topic == "t1.dlq"
+    assert settings.dlq_topic == "t1.counter.dlq"
     assert settings.consumer_enabled is False
 
 

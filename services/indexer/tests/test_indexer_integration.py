@@ -29,6 +29,7 @@ from blog_testkit import (
     wait_until,
 )
 from blog_testkit.faults import CRASH_EXIT_CODE, FAULTY_SERVICE_MODULE, faulty_service_env
+from blog_testkit.plugin import create_dead_letter_topics
 from indexer.app import create_app
 from indexer.documents import BulkItemsUnavailable
 from indexer.handler import IS_TRANSIENT, make_batch_handler
@@ -37,6 +38,15 @@ from indexer.settings import IndexerSettings
 from service_kit.consumer import ConsumedEvent
 
 pytestmark = pytest.mark.integration
+
+
+@pytest_asyncio.fixture
+async def topic(topic: str, stack: Stack) -> str:
+    """The plugin's fresh topic, plus the dead-letter topic of this module's consumer group(s):
+    consumers wait for both before they consume."""
+    await create_dead_letter_topics(stack.kafka_bootstrap, topic, [f"indexer-{topic}"])
+    return topic
+
 
 ServiceProcessFactory = Callable[..., ServiceProcess]
 

@@ -22,7 +22,7 @@ def test_defaults_and_derived_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INDEXER_ES_URL", "http://es:9200")
     settings = IndexerSettings()
     assert settings.es_url == "http://es:9200"
-    assert (settings.topic, settings.dlq_topic) == ("blog-events", "blog-events.dlq")
+    assert (settings.topic, settings.dlq_topic) == ("blog-events", "blog-events.indexer.dlq")
     assert (settings.group_id, settings.index_alias, settings.index_name) == (
         "indexer",
         "blogs",

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from blog_testkit import ServiceProcess, Stack, wait_until
+from blog_testkit.plugin import create_dead_letter_topics
 
 pytestmark = pytest.mark.e2e
 
@@ -39,6 +40,7 @@ async def test_stopped_indexer_lags_and_recovers_while_counter_stays_ok(
     service_processes: Callable[..., ServiceProcess],
 ) -> None:
     counter_group, indexer_group = f"{topic}-counter", f"{topic}-indexer"
+    await create_dead_letter_topics(stack.kafka_bootstrap, topic, [counter_group, indexer_group])
     kafka = {"KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap, "TOPIC": topic}
     publisher_env = {f"PUBLISHER_{k}": v for k, v in kafka.items()} | {
         "PUBLISHER_DATABASE_URL": database_url,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from blog_events import Envelope, decode_event
 from blog_testkit import ServiceProcess, Stack, free_port, wait_until
+from blog_testkit.plugin import create_topic
 
 from .conftest import PublisherFactory, draft, new_author
 
@@ -345,3 +347,37 @@ async def test_service_process_cli_and_graceful_shutdown(
     log = process.log_text()
     assert "outbox relay: leadership released" in log
     assert "Application shutdown complete" in log
+
+
+async def test_relay_waits_for_a_missing_topic_and_says_so(
+    publisher_factory: PublisherFactory,
+    database_url: str,
+    db: asyncpg.Connection,
+    stack: Stack,
+    topic: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The relay never creates its topic: the publisher team applies its topics file.
+    missing = f"{topic}.later"  # deleted with the fixture's topic
+    caplog.set_level(logging.INFO, logger="publisher.relay")
+    async with publisher_factory(relay_enabled=True, topic=missing) as running:
+        author = await new_author(database_url)
+        response = await running.client.post("/blogs", json=draft("a"), headers=author.headers)
+        assert response.status_code == 202
+
+        def waiting_lines() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "relay: waiting:" in r.message]
+
+        async def says_why() -> bool:
+            return any(f"topic {missing} does not exist" in line for line in waiting_lines())
+
+        await wait_until(says_why, timeout=30, what="the relay saying why it waits")
+        assert await unsent_rows(db) == 1
+        await create_topic(stack.kafka_bootstrap, missing)
+
+        async def sent() -> bool:
+            return await unsent_rows(db) == 0
+
+        await wait_until(sent, timeout=60, what="the row sent once the topic exists")
+    # Said once, not at every retry.
+    assert len(waiting_lines()) == 1, waiting_lines()

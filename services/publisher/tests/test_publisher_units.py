@@ -101,7 +101,7 @@ class TestSettings:
         settings = PublisherSettings()
         assert settings.max_body_bytes == 256 * 1024
         assert settings.relay_batch == 500
-        assert settings.dlq_topic == "blog-events.dlq"
+        assert settings.topic == "blog-events"
         assert settings.status_groups == ["a"]
 
     def test_bad_value_fails_fast(self, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,27 +19,99 @@ from service_kit.consumer import (
     is_transient_by_default,
 )
 from service_kit.consumer.records import E
-from service_kit.kafka_admin import ensure_topics
+from service_kit.kafka_admin import wait_for_topics
 
 log = logging.getLogger(__name__)
 
 # How long shutdown waits for the batch in hand to finish and commit before cancelling it.
 DEFAULT_STOP_TIMEOUT_S = 20.0
+# How often a consumer waiting for its topics asks Kafka again, and retries a failed start.
+DEFAULT_TOPIC_WAIT_INTERVAL_S = 2.0
+DEFAULT_START_RETRY_S = 2.0
 
 
 class BackgroundConsumer(Generic[E]):
-    def __init__(self, consumer: BatchConsumer[E], task: asyncio.Task[None]) -> None:
+    """A consumer group member run as a task: first it waits for its topics (the source topic and
+    its dead-letter topic; services never create topics, each team applies its topics file),
+    then it consumes until stopped."""
+
+    def __init__(
+        self,
+        consumer: BatchConsumer[E],
+        *,
+        topic_wait_interval_s: float = DEFAULT_TOPIC_WAIT_INTERVAL_S,
+        start_retry_s: float = DEFAULT_START_RETRY_S,
+    ) -> None:
         self.consumer = consumer
-        self.task = task
+        self._topic_wait_interval_s = topic_wait_interval_s
+        self._start_retry_s = start_retry_s
+        # Why the consumer is not consuming yet (None once it is), for /readyz.
+        self.waiting_for: str | None = "starting"
+        self.task: asyncio.Task[None] = asyncio.create_task(
+            self._run(), name=f"{consumer.config.group_id}-consumer"
+        )
+        self.task.add_done_callback(_log_end)
 
     @property
     def healthy(self) -> bool:
-        """Running, and its handler is not failing (a dead task is never healthy)."""
-        return not self.task.done() and self.consumer.healthy
+        """Consuming, and its handler is not failing (a dead task is never healthy)."""
+        return self.waiting_for is None and not self.task.done() and self.consumer.healthy
+
+    @property
+    def problem(self) -> str | None:
+        """Why it is not healthy, in words (None when healthy)."""
+        if self.healthy:
+            return None
+        if self.task.done():
+            return "consumer stopped"
+        if self.waiting_for is not None:
+            return f"waiting: {self.waiting_for}"
+        return "handler failing (retrying)"
+
+    async def _run(self) -> None:
+        config = self.consumer.config
+        topics = [config.topic, config.dlq_topic]
+
+        def on_change(why: str | None) -> None:
+            self.waiting_for = why
+            if why is None:
+                log.info("group %s: topics %s present", config.group_id, ", ".join(topics))
+            else:
+                # Once per change of reason, not per poll.
+                log.warning(
+                    "group %s waits before consuming: %s (each team creates its topics: "
+                    "`make topics`, or `python -m <service> topics apply`)",
+                    config.group_id,
+                    why,
+                )
+
+        while True:
+            await wait_for_topics(
+                config.bootstrap_servers,
+                topics,
+                on_change=on_change,
+                interval_s=self._topic_wait_interval_s,
+            )
+            try:
+                await self.consumer.start()
+                break
+            except Exception as exc:
+                self.waiting_for = f"cannot start the consumer: {type(exc).__name__}: {exc}"
+                log.warning("group %s: %s; retrying", config.group_id, self.waiting_for)
+                await asyncio.sleep(self._start_retry_s)
+        self.waiting_for = None
+        await self.consumer.run()
 
     async def stop(self, timeout_s: float) -> None:
         """Finish and commit the batch in hand, leave the group; if that hangs (a stuck handler),
-        cancel: the uncommitted batch is delivered again and its effect is idempotent."""
+        cancel: the uncommitted batch is delivered again and its effect is idempotent. While
+        still waiting for topics there is nothing to finish: the wait is cancelled."""
+        if self.waiting_for is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+            await self.consumer.stop()
+            return
         try:
             await asyncio.wait_for(self.consumer.stop(), timeout_s)
             await asyncio.wait_for(self.task, timeout_s)
@@ -65,19 +137,14 @@ async def consuming(
     *,
     decoder: Decoder[E],
     is_transient: IsTransient = is_transient_by_default,
-    partitions: int,
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
+    topic_wait_interval_s: float = DEFAULT_TOPIC_WAIT_INTERVAL_S,
 ) -> AsyncIterator[BackgroundConsumer[E]]:
-    """Ensure the topic and its DLQ exist, run the consumer in the background while the block
-    runs, and stop it gracefully when the block exits."""
-    await ensure_topics(
-        config.bootstrap_servers, {config.topic: partitions, config.dlq_topic: partitions}
-    )
+    """Run the consumer in the background while the block runs (it starts consuming once its
+    topic and dead-letter topic exist; `problem` says why not yet), and stop it gracefully
+    when the block exits."""
     consumer = BatchConsumer(config, handler, metrics, decoder=decoder, is_transient=is_transient)
-    await consumer.start()
-    task = asyncio.create_task(consumer.run(), name=f"{config.group_id}-consumer")
-    task.add_done_callback(_log_end)
-    background = BackgroundConsumer(consumer, task)
+    background = BackgroundConsumer(consumer, topic_wait_interval_s=topic_wait_interval_s)
     try:
         yield background
     finally:

@@ -1,7 +1,8 @@
 """Redrive: re-publish dead letters to the topic they came from, once the cause is fixed (a
 consumer that now understands them, a dependency that is back).
 
-    python -m service_kit.redrive --bootstrap 127.0.0.1:9092 --dlq-topic blog-events.dlq \
+    python -m service_kit.redrive --bootstrap 127.0.0.1:9092,127.0.0.1:9102 \
+        --dlq-topic blog-events.counter.dlq,blog-events.indexer.dlq \
         [--group dlq-redrive] [--dry-run]
 
 Each dead letter is re-published as it is (same key, same value, to the partition it was read
@@ -14,8 +15,9 @@ A record that is still bad is simply dead-lettered again by the consumers.
   on the next run: harmless, the consumers' effects are idempotent.
 - A run reads up to the end offsets seen at its start, so records dead-lettered again while it
   runs are left for the next run instead of looping forever.
-- Several groups (counter, indexer) dead-letter the same poison record: copies with the same
-  source topic/partition/offset are re-published once per run.
+- Several groups (counter, indexer) dead-letter the same poison record, each to its own
+  dead-letter topic (`<topic>.<group>.dlq`): given several dead-letter topics (comma-separated),
+  one run re-publishes copies with the same source topic/partition/offset once.
 - `--dry-run` prints what would be redriven and neither publishes nor commits.
 Run one redrive per dead-letter topic at a time.
 """
@@ -160,7 +162,8 @@ async def redrive(
     dry_run: bool = False,
     out: Callable[[str], None] = print,
 ) -> RedriveReport:
-    """Re-publish the dead letters of `dlq_topic` not yet committed by `group` (see module doc)."""
+    """Re-publish the dead letters of `dlq_topic` (one topic or several, comma-separated) not yet
+    committed by `group` (see module doc)."""
     report = RedriveReport(dlq_topic=dlq_topic, group=group, dry_run=dry_run)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -194,12 +197,16 @@ async def _redrive_with(
     report: RedriveReport,
     out: Callable[[str], None],
 ) -> None:
-    try:
-        # The producer waits for the topic's metadata (the consumer's lookup only reads a cache).
-        partition_ids = await producer.partitions_for(report.dlq_topic)
-    except UnknownTopicOrPartitionError:
-        raise SystemExit(f"redrive: topic {report.dlq_topic} does not exist") from None
-    partitions = [TopicPartition(report.dlq_topic, p) for p in sorted(partition_ids)]
+    partitions: list[TopicPartition] = []
+    for dlq_topic in (name.strip() for name in report.dlq_topic.split(",")):
+        if not dlq_topic:
+            continue
+        try:
+            # The producer waits for the topic's metadata (the consumer's only reads a cache).
+            partition_ids = await producer.partitions_for(dlq_topic)
+        except UnknownTopicOrPartitionError:
+            raise SystemExit(f"redrive: topic {dlq_topic} does not exist") from None
+        partitions += [TopicPartition(dlq_topic, p) for p in sorted(partition_ids)]
     # Manual assignment: the group only stores this tool's progress (no rebalances to handle).
     consumer.assign(partitions)
     for tp in partitions:
@@ -284,9 +291,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--bootstrap",
         default=os.environ.get("BLOG_KAFKA_BOOTSTRAP"),
         required="BLOG_KAFKA_BOOTSTRAP" not in os.environ,
-        help="Kafka bootstrap servers (default: $BLOG_KAFKA_BOOTSTRAP)",
+        help="Kafka bootstrap servers, comma-separated (default: $BLOG_KAFKA_BOOTSTRAP)",
     )
-    parser.add_argument("--dlq-topic", required=True, help="the dead-letter topic to drain")
+    parser.add_argument(
+        "--dlq-topic",
+        required=True,
+        help="the dead-letter topic(s) to drain, comma-separated (a source record dead-lettered "
+        "by several groups goes back once)",
+    )
     parser.add_argument(
         "--group",
         default=DEFAULT_GROUP,

@@ -7,13 +7,15 @@ from pydantic import Field
 from pydantic_settings import BaseSettings
 
 from service_kit.consumer import ConsumerConfig
+from service_kit.topics import dead_letter_topic
 
 
 class ConsumerGroupSettings(BaseSettings):
+    # Comma-separated brokers (`host:port,host:port,...`): any live one is enough to connect.
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
     topic: str = Field(min_length=1)  # each service sets its own default
-    # Partition count used only when the service has to create the topic itself.
-    topic_partitions: int = Field(default=6, ge=1)
+    # New partitions of the topic are consumed within this time (see ConsumerConfig).
+    kafka_metadata_max_age_ms: int = Field(default=30_000, ge=1000)
     group_id: str = Field(min_length=1)  # each service sets its own default
     consumer_enabled: bool = True
     max_batch: int = Field(default=500, ge=1, le=10_000)
@@ -24,7 +26,8 @@ class ConsumerGroupSettings(BaseSettings):
 
     @property
     def dlq_topic(self) -> str:
-        return f"{self.topic}.dlq"
+        """This group's own dead-letter topic, declared in the service's topics file."""
+        return dead_letter_topic(self.topic, self.group_id)
 
     def consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -34,4 +37,5 @@ class ConsumerGroupSettings(BaseSettings):
             dlq_topic=self.dlq_topic,
             max_batch=self.max_batch,
             record_attempts=self.record_attempts,
+            metadata_max_age_ms=self.kafka_metadata_max_age_ms,
         )

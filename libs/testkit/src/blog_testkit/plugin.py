@@ -6,20 +6,26 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
-from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
 from blog_testkit import processes
+from blog_testkit.cluster import (
+    CLUSTER_NODES,
+    NOT_A_CLUSTER,
+    REQUIRE_CLUSTER_ENV,
+    KafkaCluster,
+)
 from blog_testkit.processes import ServiceProcess, free_port
 from blog_testkit.stack import Stack, StackUnavailable, resolve_stack
 from blog_testkit.waiting import wait_until
-from service_kit.kafka_admin import ensure_topics
+from service_kit.kafka_admin import admin_client
+from service_kit.topics import dead_letter_topic, reconcile, topic_specs
 
 TEST_TOPIC_PARTITIONS = 6
 
@@ -43,6 +49,20 @@ def stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
         except StackUnavailable as exc:
             pytest.fail(str(exc), pytrace=False)
         yield resolved
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(stack: Stack, pytestconfig: pytest.Config) -> KafkaCluster:
+    """The native stack's Kafka as a 3-node cluster. Skipped when the stack has fewer nodes
+    (`make test` runs on one), failed instead when BLOG_REQUIRE_CLUSTER is set
+    (`make test-cluster`), so a cluster run can never pass by skipping."""
+    if stack.kafka_nodes < CLUSTER_NODES:
+        message = NOT_A_CLUSTER.format(nodes=stack.kafka_nodes)
+        if os.environ.get(REQUIRE_CLUSTER_ENV):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    script = pytestconfig.rootpath / "deploy" / "local" / "stack.sh"
+    return KafkaCluster(stack.kafka_bootstrap, stack.kafka_nodes, script)
 
 
 def with_database(dsn: str, database: str) -> str:
@@ -88,19 +108,37 @@ async def database_url(stack: Stack) -> AsyncIterator[str]:
     await drop_database(stack.postgres_dsn, name)
 
 
-async def create_topic(bootstrap: str, name: str, partitions: int = TEST_TOPIC_PARTITIONS) -> None:
-    """The topic and its `<name>.dlq`."""
-    await ensure_topics(bootstrap, {name: partitions, f"{name}.dlq": partitions})
+async def create_topic(
+    bootstrap: str,
+    name: str,
+    partitions: int = TEST_TOPIC_PARTITIONS,
+    *,
+    groups: Iterable[str] = (),
+) -> None:
+    """The topic, and the dead-letter topic of each consumer group in `groups`
+    (`<name>.<group>.dlq`), through the same code as `topics apply`: replication and
+    min.insync.replicas `auto`, so a 3-node stack gets 3 copies and min ISR 2, like production."""
+    names = [name, *(dead_letter_topic(name, group) for group in groups)]
+    await reconcile(bootstrap, topic_specs(names, partitions))
+
+
+async def create_dead_letter_topics(
+    bootstrap: str, topic: str, groups: Iterable[str], partitions: int = TEST_TOPIC_PARTITIONS
+) -> list[str]:
+    """The dead-letter topics of `groups` on `topic` (consumers wait for theirs); their names."""
+    names = [dead_letter_topic(topic, group) for group in groups]
+    await reconcile(bootstrap, topic_specs(names, partitions))
+    return names
 
 
 async def delete_topic(bootstrap: str, name: str) -> None:
-    """The topic and its `<name>.dlq`; cleanup only, so a failure is ignored."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    """The topic and every `<name>.*` topic (its groups' dead-letter topics); cleanup only, so a
+    failure is ignored."""
     with contextlib.suppress(Exception):  # a leftover topic harms no later run
-        await admin.start()
-        await admin.delete_topics([name, f"{name}.dlq"])
-    with contextlib.suppress(Exception):
-        await admin.close()
+        async with admin_client(bootstrap) as admin:
+            doomed = [t for t in await admin.list_topics() if t == name or t.startswith(f"{name}.")]
+            if doomed:
+                await admin.delete_topics(doomed)
 
 
 async def delete_indices(es_url: str, prefix: str) -> None:
@@ -120,8 +158,9 @@ async def delete_indices(es_url: str, prefix: str) -> None:
 
 @pytest_asyncio.fixture
 async def topic(stack: Stack) -> AsyncIterator[str]:
-    """A fresh topic with 6 partitions plus its `<topic>.dlq`, deleted after the test.
-    Derive consumer group ids from it so tests never share groups either."""
+    """A fresh topic with 6 partitions, deleted after the test with every `<topic>.*` topic.
+    Derive consumer group ids from it so tests never share groups either; a consumer group
+    needs its dead-letter topic too (`create_dead_letter_topics`)."""
     name = unique_name("test-")
     await create_topic(stack.kafka_bootstrap, name)
     yield name

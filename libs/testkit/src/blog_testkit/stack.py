@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 ENV_KAFKA = "BLOG_KAFKA_BOOTSTRAP"
 ENV_POSTGRES = "BLOG_POSTGRES_DSN"
 ENV_ES = "BLOG_ES_URL"
+ENV_KAFKA_NODES = "KAFKA_NODES"
 STACK_VARS = (ENV_KAFKA, ENV_POSTGRES, ENV_ES)
 STATE_ENV_FILE = Path(".state") / "stack.env"
 
@@ -42,10 +43,12 @@ class StackUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Stack:
-    kafka_bootstrap: str
+    kafka_bootstrap: str  # comma-separated brokers: every node of the native stack
     # Holds the password: kept out of repr, so it never lands in pytest's failure output.
     postgres_dsn: str = field(repr=False)
     es_url: str
+    # Kafka nodes (KAFKA_NODES of the native stack; else one per bootstrap address).
+    kafka_nodes: int = 1
 
 
 def stack_from_mapping(values: Mapping[str, str], origin: str) -> Stack | None:
@@ -56,10 +59,12 @@ def stack_from_mapping(values: Mapping[str, str], origin: str) -> Stack | None:
     missing = [name for name in STACK_VARS if name not in present]
     if missing:
         raise StackUnavailable(f"{origin} sets {', '.join(present)} but not {', '.join(missing)}")
+    nodes = values.get(ENV_KAFKA_NODES, "")
     return Stack(
         kafka_bootstrap=present[ENV_KAFKA],
         postgres_dsn=present[ENV_POSTGRES],
         es_url=present[ENV_ES].rstrip("/"),
+        kafka_nodes=int(nodes) if nodes.isdigit() else len(present[ENV_KAFKA].split(",")),
     )
 
 
@@ -88,19 +93,25 @@ def find_state_env(start: Path) -> Path | None:
 
 
 def check_reachable(stack: Stack, timeout: float = 3.0) -> None:
-    """Fail fast, naming the component, when an address answers nothing (stack not running)."""
+    """Fail fast, naming the component, when an address answers nothing (stack not running).
+    Kafka is reachable when any broker of the bootstrap list answers."""
     endpoints = {
-        "Kafka": _host_port(stack.kafka_bootstrap.split(",")[0], 9092),
-        "PostgreSQL": _host_port(urlsplit(stack.postgres_dsn).netloc.rpartition("@")[2], 5432),
-        "Elasticsearch": _host_port(urlsplit(stack.es_url).netloc, 9200),
+        "Kafka": [_host_port(address, 9092) for address in stack.kafka_bootstrap.split(",")],
+        "PostgreSQL": [_host_port(urlsplit(stack.postgres_dsn).netloc.rpartition("@")[2], 5432)],
+        "Elasticsearch": [_host_port(urlsplit(stack.es_url).netloc, 9200)],
     }
-    for component, (host, port) in endpoints.items():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-        except OSError as exc:
+    for component, addresses in endpoints.items():
+        errors = []
+        for host, port in addresses:
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+                break
+            except OSError as exc:
+                errors.append(f"{host}:{port} ({exc})")
+        else:
             raise StackUnavailable(
-                f"{component} at {host}:{port} is not reachable ({exc}). {NO_STACK_MESSAGE}"
-            ) from None
+                f"{component} at {', '.join(errors)} is not reachable. {NO_STACK_MESSAGE}"
+            )
 
 
 def _host_port(address: str, default_port: int) -> tuple[str, int]:

@@ -1,5 +1,6 @@
 """`python -m counter` serves the API and runs the consumer; `python -m counter migrate` only
-applies the migrations."""
+applies the migrations; `python -m counter topics apply [--dry-run]` reconciles the counter
+team's topics (its dead-letter topic) with `services/counter/topics.yaml`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from counter.settings import Settings
 from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
 from service_kit.serving import run_http_service
+from service_kit.topics import default_topics_file, topics_command
 
 # Uvicorn's grace period for in-flight requests on SIGTERM; the consumer's own stop follows in
 # the lifespan shutdown.
@@ -28,6 +30,14 @@ def main(
     wrap_handler: Callable[[BatchHandler[Envelope]], BatchHandler[Envelope]] | None = None,
 ) -> int:
     """`wrap_handler`: fault injection for tests (`python -m blog_testkit.faults`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["topics"]:
+        return topics_command(
+            argv[1:],
+            service="counter",
+            default_file=default_topics_file(__file__),
+            env_prefix="COUNTER_",
+        )
     parser = argparse.ArgumentParser(prog="python -m counter")
     parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
     args = parser.parse_args(argv)

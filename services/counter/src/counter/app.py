@@ -137,7 +137,6 @@ def create_app(
                         metrics,
                         decoder=EVENT_DECODER,
                         is_transient=IS_TRANSIENT,
-                        partitions=settings.topic_partitions,
                     )
                 )
             yield
@@ -175,11 +174,7 @@ def create_app(
         except Exception as exc:
             checks["database"] = f"error: {type(exc).__name__}"
         checks["consumer"] = (
-            "disabled"
-            if runtime.consumer is None
-            else "ok"
-            if runtime.consumer_healthy
-            else "unhealthy"
+            "disabled" if runtime.consumer is None else (runtime.consumer.problem or "ok")
         )
         ready = checks["database"] == "ok" and runtime.consumer_healthy
         return JSONResponse(

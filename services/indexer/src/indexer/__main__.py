@@ -1,5 +1,7 @@
 """`python -m indexer` serves the API and runs the consumer; `python -m indexer migrate` only
-creates the index and its alias (the indexer has no database migrations)."""
+creates the index and its alias (the indexer has no database migrations); `python -m indexer
+topics apply [--dry-run]` reconciles the indexer team's topics (its dead-letter topic) with
+`services/indexer/topics.yaml`."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from indexer.settings import IndexerSettings
 from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
 from service_kit.serving import run_http_service
+from service_kit.topics import default_topics_file, topics_command
 
 
 async def _migrate(settings: IndexerSettings) -> None:
@@ -33,6 +36,13 @@ def main(
     wrap_handler: Callable[[BatchHandler[Envelope]], BatchHandler[Envelope]] | None = None,
 ) -> int:
     """`wrap_handler`: fault injection for tests (`python -m blog_testkit.faults`)."""
+    if argv[:1] == ["topics"]:
+        return topics_command(
+            argv[1:],
+            service="indexer",
+            default_file=default_topics_file(__file__),
+            env_prefix="INDEXER_",
+        )
     try:
         settings = IndexerSettings()
     except ValidationError as exc:
@@ -44,7 +54,11 @@ def main(
         asyncio.run(_migrate(settings))
         return 0
     if argv:
-        print(f"usage: python -m indexer [migrate]; got {' '.join(argv)!r}", file=sys.stderr)
+        print(
+            "usage: python -m indexer [migrate | topics apply [--dry-run]]; "
+            f"got {' '.join(argv)!r}",
+            file=sys.stderr,
+        )
         return 2
     run_http_service(create_app(settings, wrap_handler=wrap_handler), settings.host, settings.port)
     return 0

@@ -123,7 +123,6 @@ def create_app(
                         consumer_metrics,
                         decoder=EVENT_DECODER,
                         is_transient=IS_TRANSIENT,
-                        partitions=settings.topic_partitions,
                     )
                 )
             yield
@@ -160,9 +159,7 @@ def create_app(
         checks = {
             "elasticsearch": es_status,
             "consumer": (
-                "disabled"
-                if runtime.consumer is None
-                else ("ok" if runtime.consumer_healthy else "unhealthy")
+                "disabled" if runtime.consumer is None else (runtime.consumer.problem or "ok")
             ),
         }
         ready = es_status in ("green", "yellow") and runtime.consumer_healthy

@@ -1,5 +1,5 @@
 """`python -m publisher [serve | migrate | create-author --name N | revoke-token --token T |
-outbox list-parked | outbox retry-parked (--id N ... | --all)]`."""
+outbox list-parked | outbox retry-parked (--id N ... | --all) | topics apply [--dry-run]]`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from publisher.settings import PublisherSettings
 from service_kit.logs import configure_logging
 from service_kit.migrations import apply_migrations
 from service_kit.serving import run_http_service
+from service_kit.topics import default_topics_file, topics_command
 
 
 def serve(settings: PublisherSettings, wrap_app: Callable[[ASGIApp], ASGIApp] | None = None) -> int:
@@ -86,6 +87,15 @@ def main(
     argv: list[str] | None = None, *, wrap_app: Callable[[ASGIApp], ASGIApp] | None = None
 ) -> int:
     """`wrap_app`: a seam for tests (fault injection around the ASGI app)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["topics"]:
+        # Needs Kafka only (no database settings): the publisher team's topics file.
+        return topics_command(
+            argv[1:],
+            service="publisher",
+            default_file=default_topics_file(__file__),
+            env_prefix="PUBLISHER_",
+        )
     parser = argparse.ArgumentParser(prog="python -m publisher", description=__doc__)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the HTTP API and the outbox relay (default)")
@@ -105,6 +115,7 @@ def main(
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", type=int, action="append", dest="ids", help="an outbox row id")
     which.add_argument("--all", action="store_true", help="every parked row")
+    commands.add_parser("topics", help="topics apply [--dry-run]: reconcile the team's topics")
     args = parser.parse_args(argv)
 
     settings = PublisherSettings()  # fields come from the environment

@@ -32,24 +32,24 @@ from publisher.metrics import PublisherMetrics
 from publisher.parking import NOTIFY_CHANNEL, park, refused_for_good
 from publisher.settings import PublisherSettings
 from service_kit.backoff import Backoff
+from service_kit.kafka_admin import admin_client, produce_blockers, unusable_topics
 
 log = logging.getLogger(__name__)
 # Advisory locks are per database, so one key serves every deployment of the schema.
 RELAY_LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"publisher.outbox-relay").digest()[:8], "big", signed=True
 )
-_ENSURE_TOPICS_TIMEOUT_S = 30.0
+_TOPIC_CHECK_TIMEOUT_S = 15.0
 
-EnsureTopics = Callable[[str, Mapping[str, int]], Awaitable[None]]
+# topic -> why it cannot be written yet ("does not exist", ...); empty when it can.
+TopicCheck = Callable[[str, str], Awaitable[Mapping[str, str]]]
+# Why acks=all writes to a topic fail right now, in words ("" when nothing is visibly wrong).
+SendDiagnosis = Callable[[str, str], Awaitable[str]]
 
 
-def _default_ensure_topics() -> EnsureTopics:
-    from service_kit.kafka_admin import ensure_topics
-
-    async def ensure(bootstrap: str, topics: Mapping[str, int]) -> None:
-        await ensure_topics(bootstrap, topics)
-
-    return ensure
+async def _unusable_topic(bootstrap: str, topic: str) -> Mapping[str, str]:
+    async with admin_client(bootstrap) as admin:
+        return await unusable_topics(admin, [topic])
 
 
 class OutboxRelay:
@@ -57,11 +57,15 @@ class OutboxRelay:
         self,
         settings: PublisherSettings,
         metrics: PublisherMetrics,
-        ensure_topics: EnsureTopics | None = None,
+        topic_check: TopicCheck | None = None,
+        send_diagnosis: SendDiagnosis | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._ensure_topics = ensure_topics or _default_ensure_topics()
+        self._topic_check = topic_check or _unusable_topic
+        self._send_diagnosis = send_diagnosis or produce_blockers
+        # The last "why the relay waits" logged, so a long wait is logged once, not per retry.
+        self._waiting_reason: str | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._is_leader = False
@@ -132,16 +136,22 @@ class OutboxRelay:
                 if producer is None:
                     try:
                         if not topics_ready:
-                            await asyncio.wait_for(
-                                self._ensure_topics(
-                                    settings.kafka_bootstrap_servers,
-                                    {
-                                        settings.topic: settings.topic_partitions,
-                                        settings.dlq_topic: settings.topic_partitions,
-                                    },
-                                ),
-                                _ENSURE_TOPICS_TIMEOUT_S,
+                            # The publisher team creates the topic (`topics apply`); the relay
+                            # waits for it, the rows stay in the outbox meanwhile.
+                            problems = await asyncio.wait_for(
+                                self._topic_check(settings.kafka_bootstrap_servers, settings.topic),
+                                _TOPIC_CHECK_TIMEOUT_S,
                             )
+                            if problems:
+                                self._kafka_ok = False
+                                self._log_waiting(
+                                    f"topic {settings.topic} {problems[settings.topic]}: create it "
+                                    "with `python -m publisher topics apply` (`make topics`); "
+                                    "writes stay in the outbox until then"
+                                )
+                                await conn.fetchval("SELECT 1")
+                                await self._sleep(kafka_backoff.next_delay())
+                                continue
                             topics_ready = True
                         producer = await self._start_producer()
                     except Exception as exc:
@@ -165,7 +175,12 @@ class OutboxRelay:
                     await self._wait_for_work()
                     continue
                 started = time.perf_counter()
-                delivered, refused, error = await _send_batch(producer, rows)
+                delivered, refused, error = await _send_batch(
+                    producer,
+                    rows,
+                    slow_after_s=settings.kafka_request_timeout_ms / 1000,
+                    on_slow=self._explain_slow_send,
+                )
                 await _mark_sent(conn, delivered)
                 self._metrics.relay_sent.inc(len(delivered))
                 if error is None and refused:
@@ -180,6 +195,7 @@ class OutboxRelay:
                         error = exc
                 if error is None:
                     self._kafka_ok = True
+                    self._log_waiting(None)
                     kafka_backoff.reset()
                     self._metrics.relay_batch_duration.observe(time.perf_counter() - started)
                     continue
@@ -194,6 +210,7 @@ class OutboxRelay:
                     len(rows),
                     delay,
                 )
+                await self._explain_send_failure()
                 if producer is not None:
                     await _stop_quietly(producer)
                 producer = None
@@ -234,6 +251,36 @@ class OutboxRelay:
             self._metrics.relay_sent.inc()
         return None
 
+    def _log_waiting(self, reason: str | None) -> None:
+        """Say why the relay waits, once per reason (and once when it no longer waits)."""
+        if reason == self._waiting_reason:
+            return
+        if reason is None:
+            log.info("outbox relay: sending again (was waiting: %s)", self._waiting_reason)
+        else:
+            log.warning("outbox relay: waiting: %s", reason)
+        self._waiting_reason = reason
+
+    async def _explain_slow_send(self, pending: int) -> None:
+        """Rows Kafka has not acknowledged for a while (the producer keeps retrying them)."""
+        await self._explain_send_failure(f"{pending} row(s) unacknowledged, the producer retries")
+
+    async def _explain_send_failure(self, context: str = "") -> None:
+        """Ask the cluster why sends fail or hang (e.g. fewer in-sync replicas than
+        min.insync.replicas: the idempotent producer retries NOT_ENOUGH_REPLICAS silently until
+        it succeeds) and log it once per distinct reason."""
+        settings = self._settings
+        try:
+            why = await asyncio.wait_for(
+                self._send_diagnosis(settings.kafka_bootstrap_servers, settings.topic),
+                _TOPIC_CHECK_TIMEOUT_S,
+            )
+        except Exception as exc:
+            why = f"no broker answered why ({type(exc).__name__})"
+        if why:
+            detail = f" ({context})" if context else ""
+            self._log_waiting(f"{why}{detail}; unsent rows stay in the outbox and are retried")
+
     async def _start_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
             bootstrap_servers=self._settings.kafka_bootstrap_servers,
@@ -242,6 +289,7 @@ class OutboxRelay:
             linger_ms=5,
             request_timeout_ms=self._settings.kafka_request_timeout_ms,
             max_request_size=2 * 1024 * 1024,
+            metadata_max_age_ms=self._settings.kafka_metadata_max_age_ms,
         )
         try:
             await producer.start()
@@ -269,11 +317,18 @@ class OutboxRelay:
 
 
 async def _send_batch(
-    producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]
+    producer: AIOKafkaProducer,
+    rows: Sequence[asyncpg.Record],
+    *,
+    slow_after_s: float | None = None,
+    on_slow: Callable[[int], Awaitable[None]] | None = None,
 ) -> tuple[list[tuple[int, int, int]], list[asyncpg.Record], BaseException | None]:
     """Send the rows in order. Returns (outbox id, partition, offset) of those Kafka
     acknowledged, the rows it refused for good (`parking.REFUSED_FOR_GOOD`, in id order), and
-    the first other error, if any (rows after it are not sent)."""
+    the first other error, if any (rows after it are not sent). The idempotent producer retries
+    retriable errors (e.g. not enough in-sync replicas) until they succeed: every
+    `slow_after_s` without all answers, `on_slow(pending rows)` is awaited (to say why), and
+    the wait goes on."""
     futures: list[tuple[asyncpg.Record, asyncio.Future[RecordMetadata]]] = []
     refused: list[asyncpg.Record] = []
     error: BaseException | None = None
@@ -289,15 +344,21 @@ async def _send_batch(
             error = exc
             break
         futures.append((row, future))
-    results = await asyncio.gather(*(future for _, future in futures), return_exceptions=True)
+    pending: set[asyncio.Future[RecordMetadata]] = {future for _, future in futures}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=slow_after_s)
+        if pending and on_slow is not None:
+            await on_slow(len(pending))
     delivered: list[tuple[int, int, int]] = []
-    for (row, _), result in zip(futures, results, strict=True):
-        if isinstance(result, BaseException):
-            if refused_for_good(result):
+    for row, future in futures:
+        failure = future.exception()
+        if failure is not None:
+            if refused_for_good(failure):
                 refused.append(row)
             else:
-                error = error or result
+                error = error or failure
         else:
+            result = future.result()
             delivered.append((row["id"], result.partition, result.offset))
     refused.sort(key=lambda row: row["id"])
     return delivered, refused, error

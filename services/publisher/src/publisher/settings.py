@@ -14,9 +14,11 @@ class PublisherSettings(BaseSettings):
 
     # Secret: it holds the database password, so repr() and logs of the settings show `**********`.
     database_url: SecretStr = Field(min_length=1)
+    # Comma-separated brokers (`host:port,host:port,...`): any live one is enough to connect.
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
+    # Created by the publisher team's topics file (`python -m publisher topics apply`), never by
+    # the relay, which waits for it.
     topic: str = Field(default=TOPIC, min_length=1)
-    topic_partitions: int = Field(default=6, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"
@@ -38,6 +40,8 @@ class PublisherSettings(BaseSettings):
     # A request waiting longer than this for PostgreSQL gets 503 rather than hanging.
     db_timeout_s: float = Field(default=5.0, gt=0)
     kafka_request_timeout_ms: int = Field(default=10_000, ge=1000)
+    # Partitions added to the topic get keys within this time (aiokafka's default: 5 minutes).
+    kafka_metadata_max_age_ms: int = Field(default=30_000, ge=1000)
     # Writes (POST/PUT/DELETE) per author per second in this process, with bursts up to
     # `rate_limit_burst`; 0 turns the limit off. Generous: it stops runaway clients, not load.
     rate_limit_per_s: float = Field(default=50.0, ge=0)
@@ -51,7 +55,3 @@ class PublisherSettings(BaseSettings):
     def dsn(self) -> str:
         """The database URL in clear, for the database clients only."""
         return self.database_url.get_secret_value()
-
-    @property
-    def dlq_topic(self) -> str:
-        return f"{self.topic}.dlq"

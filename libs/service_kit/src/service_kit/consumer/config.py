@@ -17,6 +17,9 @@ class ConsumerConfig:
     poll_timeout_ms: int = 200
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
+    # How often the metadata is refreshed even without errors: partitions added to the topic
+    # are picked up (the group rebalances) within this time; aiokafka's default is 5 minutes.
+    metadata_max_age_ms: int = 30_000
     # Tries of a record isolated by a record-level failure before it is dead-lettered.
     record_attempts: int = 3
     # Handler dead letters in a row after which failures count as systemic (retried, not

@@ -107,6 +107,7 @@ class BatchConsumer(Generic[E]):
             client_id=f"{config.group_id}-{os.getpid()}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            metadata_max_age_ms=config.metadata_max_age_ms,
         )
         await dead_letters.start()
         try:

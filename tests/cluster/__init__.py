@@ -1,0 +1,1 @@
+"""Broker loss under load on the 3-node Kafka cluster (`make test-cluster`)."""

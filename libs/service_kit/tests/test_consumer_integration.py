@@ -235,6 +235,7 @@ async def test_a_record_failing_in_the_handler_is_isolated_and_dead_lettered_onc
     exception as its reason; every other record, of its partition and of the others, is
     handled, and all partitions are committed."""
     config = config_for(stack, topic)
+    await create_dead_letter_topics(stack.kafka_bootstrap, topic, [config.group_id])
     poison_blog = uuid.uuid4()
     applied: list[tuple[int, int]] = []
     poison_tries = 0

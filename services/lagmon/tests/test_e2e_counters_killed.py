@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from blog_testkit import BlogHistory, ServiceProcess, Stack, processes, produce, wait_until
+from blog_testkit.plugin import create_dead_letter_topics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -108,6 +109,7 @@ async def test_kill_9_of_every_counter_to_consumer_group_stopped(
         "COUNTER_DATABASE_URL": database_url,
         "COUNTER_GROUP_ID": group,
     }
+    await create_dead_letter_topics(stack.kafka_bootstrap, topic, [group])
     counters = [
         service_processes(f"killed-counter-{n}", "counter", counter_env) for n in range(COUNTERS)
     ]

@@ -169,9 +169,8 @@ class OutboxRelay:
                     self._metrics.relay_leadership_lost.inc()
                     log.warning(
                         "outbox relay: leadership lost, the lock session is gone (%s); nothing "
-                        "more is marked sent by this replica; standing by again in %.1fs",
+                        "more is marked sent by this replica, which stands by again",
                         exc,
-                        delay,
                     )
                 else:
                     log.warning("outbox relay: database error (%s); retrying in %.1fs", exc, delay)

@@ -74,6 +74,8 @@ class PublisherMetrics:
             ["reason"],
             registry=self.registry,
         )
+        for reason in SEND_FAILURE_REASONS:  # every series exists from the start (rate() works)
+            self.relay_send_failures.labels(reason=reason)
         self.relay_is_leader = Gauge(
             "publisher_relay_leader",
             "1 while this replica holds the relay lock (0 on a standby)",

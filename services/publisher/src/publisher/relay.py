@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.structs import RecordMetadata
 
-from publisher.metrics import SEND_FAILURE_REASONS, PublisherMetrics
+from publisher.metrics import PublisherMetrics
 from publisher.parking import NOTIFY_CHANNEL, park, refused_for_good
 from publisher.relay_lock import LockSession, SessionLostError, relay_identity
 from publisher.settings import PublisherSettings
@@ -113,8 +113,6 @@ class OutboxRelay:
         self._is_leader = False
         self._kafka_ok: bool | None = None
         self.identity = relay_identity()
-        for reason in SEND_FAILURE_REASONS:  # every series exists from the start (rate() works)
-            metrics.relay_send_failures.labels(reason=reason)
 
     @property
     def is_leader(self) -> bool:

@@ -4,6 +4,8 @@ backlog (a standby too), and the sample reads the partial indexes, not the table
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -185,3 +187,19 @@ async def test_the_outbox_sample_reads_the_partial_indexes_not_the_table(
 def test_the_dashboard_json_is_valid() -> None:
     for dashboard in (DEPLOY / "grafana" / "dashboards").glob("*.json"):
         json.loads(dashboard.read_text())
+
+
+@pytest.mark.integration
+async def test_healthz_fails_once_the_relay_task_died(publisher_factory: PublisherFactory) -> None:
+    async with publisher_factory(relay_enabled=True) as running:
+        assert (await running.client.get("/healthz")).json() == {"status": "ok"}
+        task = running.runtime.relay_task
+        assert task is not None
+        task.cancel()  # as a bug escaping the relay's loop would end it
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        health = await running.client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json() == {"status": "dead", "relay": "outbox relay task cancelled"}
+    async with publisher_factory(relay_enabled=False) as api_only:
+        assert (await api_only.client.get("/healthz")).status_code == 200

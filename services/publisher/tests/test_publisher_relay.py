@@ -299,6 +299,7 @@ async def test_service_process_cli_and_graceful_shutdown(
         "001_init.sql",
         "002_outbox_parking.sql",
         "003_idempotency_keys.sql",
+        "004_outbox_trace_and_sender.sql",
     ]
     create = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -1,5 +1,14 @@
 """A BatchConsumer run as a service's background task, from the service's lifespan: the same
-start, health and graceful stop for every consumer group."""
+start, health and graceful stop for every consumer group.
+
+Two questions, two probes:
+- alive (`died`, for /healthz): the task still runs. It may be waiting for its topics, retrying a
+  failed start or a dependency outage: that is not a reason to restart the process. Once the
+  task has ended by itself (an error escaped the loop: a decoder or kit bug, a fatal Kafka error,
+  a handler raising a BaseException or cancelling it), nothing will consume again in this
+  process: /healthz answers 503 so the orchestrator restarts it.
+- ready (`healthy` / `problem`, for /readyz): consuming, and the handler is not failing.
+"""
 
 from __future__ import annotations
 
@@ -47,15 +56,29 @@ class BackgroundConsumer(Generic[E]):
         self._start_retry_s = start_retry_s
         # Why the consumer is not consuming yet (None once it is), for /readyz.
         self.waiting_for: str | None = "starting"
+        self._stop_requested = False
         self.task: asyncio.Task[None] = asyncio.create_task(
             self._run(), name=f"{consumer.config.group_id}-consumer"
         )
-        self.task.add_done_callback(_log_end)
+        self.task.add_done_callback(self._log_end)
 
     @property
     def healthy(self) -> bool:
         """Consuming, and its handler is not failing (a dead task is never healthy)."""
         return self.waiting_for is None and not self.task.done() and self.consumer.healthy
+
+    @property
+    def died(self) -> str | None:
+        """Why the consumer task ended by itself (None while it runs, waits or retries, and once
+        stop() was asked for): the process is no longer alive for its purpose."""
+        if not self.task.done() or self._stop_requested:
+            return None
+        if self.task.cancelled():
+            return "consumer task cancelled"
+        error = self.task.exception()
+        if error is None:
+            return "consumer task ended"
+        return f"consumer task died: {type(error).__name__}: {error}"[:500]
 
     @property
     def problem(self) -> str | None:
@@ -67,6 +90,18 @@ class BackgroundConsumer(Generic[E]):
         if self.waiting_for is not None:
             return f"waiting: {self.waiting_for}"
         return "handler failing (retrying)"
+
+    def _log_end(self, task: asyncio.Task[None]) -> None:
+        if self._stop_requested:
+            return
+        if task.cancelled() or task.exception() is None:
+            log.critical("%s: %s; /healthz answers 503 from now on", task.get_name(), self.died)
+        else:
+            log.critical(
+                "%s died; /healthz answers 503 from now on",
+                task.get_name(),
+                exc_info=task.exception(),
+            )
 
     async def _run(self) -> None:
         config = self.consumer.config
@@ -106,6 +141,14 @@ class BackgroundConsumer(Generic[E]):
         """Finish and commit the batch in hand, leave the group; if that hangs (a stuck handler),
         cancel: the uncommitted batch is delivered again and its effect is idempotent. While
         still waiting for topics there is nothing to finish: the wait is cancelled."""
+        self._stop_requested = True
+        if self.task.done():
+            # It ended by itself (see `died`; already logged): close whatever it left open.
+            try:
+                await asyncio.wait_for(self.consumer.stop(), timeout_s)
+            except Exception as exc:
+                log.warning("closing the dead consumer failed: %r", exc)
+            return
         if self.waiting_for is not None and not self.task.done():
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -122,11 +165,6 @@ class BackgroundConsumer(Generic[E]):
                 await self.task
         except Exception:
             log.exception("consumer ended with an error")
-
-
-def _log_end(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("consumer stopped by an error", exc_info=task.exception())
 
 
 @contextlib.asynccontextmanager

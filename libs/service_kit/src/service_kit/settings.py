@@ -3,6 +3,8 @@ prefix (e.g. `COUNTER_`) and its own fields, and a bad value fails at start-up."
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
@@ -23,6 +25,8 @@ class ConsumerGroupSettings(BaseSettings):
     # times alone, then dead-lettered.
     record_attempts: int = Field(default=3, ge=1, le=100)
     log_level: str = "INFO"
+    # text (default) or json (one object per line); unset: the shared LOG_FORMAT, else text.
+    log_format: Literal["text", "json"] | None = None
 
     @property
     def dlq_topic(self) -> str:

@@ -8,6 +8,10 @@ wrapped by the faults named in the environment. Production code only offers the 
                                            offset commit (effect durable, offsets not committed)
     BLOG_FAULT_FAIL_KEYS=<key>[,<key>...]  the handler raises for a batch holding a record with
                                            one of these keys (the blog id)
+    BLOG_FAULT_KILL_LOOP_KEYS=<key>[,...]  the handler raises `LoopKilled` (a BaseException, which
+                                           nothing in the kit catches) for a batch holding one
+                                           of these keys: the consumer task dies, the process
+                                           stays up (a liveness probe must notice)
     BLOG_FAULT_KILL_BEFORE_ANSWERING="POST /blogs"
                                            SIGKILL itself once such a request is done (its
                                            transaction committed) and before the answer is sent
@@ -42,6 +46,12 @@ HandlerWrapper = Callable[[BatchHandler[Any]], BatchHandler[Any]]
 
 class InjectedFault(RuntimeError):
     """Raised by a handler wrapped with `fail_for_keys` (not a transient error)."""
+
+
+class LoopKilled(BaseException):
+    """Raised by a handler wrapped with `kill_loop_for_keys`: not an Exception, so it escapes the
+    consumer's retries and isolation and ends the consumer task, as a bug escaping the loop
+    would (the process keeps serving HTTP)."""
 
 
 def crash_after_batches(limit: int) -> HandlerWrapper:
@@ -83,6 +93,43 @@ def fail_for_keys(keys: Collection[bytes]) -> HandlerWrapper:
     return wrap
 
 
+def kill_loop_for_keys(keys: Collection[bytes]) -> HandlerWrapper:
+    """The handler raises `LoopKilled` for any batch holding a record with one of `keys`."""
+    fatal = frozenset(keys)
+
+    def wrap(handler: BatchHandler[Any]) -> BatchHandler[Any]:
+        async def killing(batch: Sequence[ConsumedEvent[Any]]) -> None:
+            for event in batch:
+                if event.key in fatal:
+                    raise LoopKilled(f"injected loop kill for key {event.key!r}")
+            await handler(batch)
+
+        return killing
+
+    return wrap
+
+
+class HandlerSwitch:
+    """For in-process tests: wraps a handler (`wrap`, the composition root's `wrap_handler`), and
+    `mode` says what it does: "pass" (the real handler), "outage" (a transient OSError, retried
+    without limit: the service is alive but not ready) or "kill" (raises `fatal()`, which ends
+    the consumer task: the service is no longer alive)."""
+
+    def __init__(self, fatal: Callable[[], BaseException]) -> None:
+        self.mode = "pass"
+        self._fatal = fatal
+
+    def wrap(self, handler: BatchHandler[Any]) -> BatchHandler[Any]:
+        async def switched(batch: Sequence[ConsumedEvent[Any]]) -> None:
+            if self.mode == "outage":
+                raise ConnectionRefusedError("injected outage: the database refuses connections")
+            if self.mode == "kill":
+                raise self._fatal()
+            await handler(batch)
+
+        return switched
+
+
 def kill_before_answering(method: str, path: str) -> Callable[[ASGIApp], ASGIApp]:
     """SIGKILL the process when a `method path` request has been handled (its effect durable)
     and its answer is about to be sent: the client is left not knowing."""
@@ -113,6 +160,7 @@ def faulty_service_env(
     *,
     crash_after: int | None = None,
     fail_keys: Collection[str] = (),
+    kill_loop_keys: Collection[str] = (),
     kill_before_answering: str | None = None,
 ) -> dict[str, str]:
     """The environment that makes `python -m blog_testkit.faults` run `service` on `port` with
@@ -122,6 +170,8 @@ def faulty_service_env(
         env["BLOG_FAULT_CRASH_AFTER_BATCHES"] = str(crash_after)
     if fail_keys:
         env["BLOG_FAULT_FAIL_KEYS"] = ",".join(fail_keys)
+    if kill_loop_keys:
+        env["BLOG_FAULT_KILL_LOOP_KEYS"] = ",".join(kill_loop_keys)
     if kill_before_answering:
         env["BLOG_FAULT_KILL_BEFORE_ANSWERING"] = kill_before_answering
     return env
@@ -131,6 +181,8 @@ def wrapper_from_env(environ: Mapping[str, str]) -> HandlerWrapper:
     wrappers: list[HandlerWrapper] = []
     if keys := environ.get("BLOG_FAULT_FAIL_KEYS"):
         wrappers.append(fail_for_keys({key.encode() for key in keys.split(",") if key}))
+    if keys := environ.get("BLOG_FAULT_KILL_LOOP_KEYS"):
+        wrappers.append(kill_loop_for_keys({key.encode() for key in keys.split(",") if key}))
     if limit := environ.get("BLOG_FAULT_CRASH_AFTER_BATCHES"):
         wrappers.append(crash_after_batches(int(limit)))
 

@@ -18,6 +18,7 @@ from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
 from service_kit.serving import run_http_service
 from service_kit.topics import default_topics_file, topics_command
+from service_kit.tracing import configure_tracing
 
 # Uvicorn's grace period for in-flight requests on SIGTERM; the consumer's own stop follows in
 # the lifespan shutdown.
@@ -46,11 +47,12 @@ def main(
     except ValidationError as exc:
         print(f"counter: invalid configuration (COUNTER_* environment):\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "migrate":
         applied = asyncio.run(migrate(settings))
         print(f"applied: {', '.join(applied)}" if applied else "migrations up to date")
         return 0
+    configure_tracing("counter")
     run_http_service(
         create_app(settings, wrap_handler=wrap_handler),
         settings.host,

@@ -20,6 +20,7 @@ from blog_events import Envelope, EventDecodeError, decode_event
 from counter import repository
 from counter.counting import fold_newest_per_blog
 from counter.settings import Settings
+from service_kit import tracing
 from service_kit.background import BackgroundConsumer, consuming
 from service_kit.consumer import (
     BatchHandler,
@@ -36,8 +37,14 @@ SCHEMA = "counter"
 
 log = logging.getLogger(__name__)
 
+
+def event_log_fields(envelope: Envelope) -> dict[str, object]:
+    """What a log line about one event says of it (JSON logs)."""
+    return {"event_id": envelope.event_id, "blog_id": envelope.key}
+
+
 # The blog contract's decoder: what it rejects is dead-lettered with its message as the reason.
-EVENT_DECODER = Decoder(decode_event, (EventDecodeError,))
+EVENT_DECODER = Decoder(decode_event, (EventDecodeError,), log_fields=event_log_fields)
 
 # PostgreSQL failures that are not about the events: the server unreachable, restarting or
 # overloaded, a lost connection, a deadlock or serialization conflict, and a schema or permission
@@ -142,6 +149,7 @@ def create_app(
             yield
 
     app = FastAPI(title="counter", lifespan=lifespan)
+    tracing.instrument_app(app)  # a no-op unless tracing is on (OTEL_TRACES_EXPORTER)
 
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %r", exc)
@@ -160,9 +168,18 @@ def create_app(
         total = await repository.author_total(runtime_of(request).pool, author_id)
         return AuthorStats(author_id=author_id, total_blogs=total)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get(
+        "/healthz",
+        responses={503: {"description": "Not alive: the consumer task died (restart the process)"}},
+    )
+    async def healthz(request: Request) -> JSONResponse:
+        """Alive = the consumer task still runs (waiting for its topics or retrying an outage
+        included: that is /readyz's 503). Once it died, nothing consumes in this process again."""
+        runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+        died = runtime.consumer.died if runtime is not None and runtime.consumer else None
+        if died is not None:
+            return JSONResponse({"status": "dead", "consumer": died}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:

@@ -20,6 +20,7 @@ from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
 from service_kit.serving import run_http_service
 from service_kit.topics import default_topics_file, topics_command
+from service_kit.tracing import configure_tracing
 
 
 async def _migrate(settings: IndexerSettings) -> None:
@@ -49,7 +50,7 @@ def main(
         # Fail fast, naming the INDEXER_* variables that are missing or wrong.
         print(f"indexer: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if argv == ["migrate"]:
         asyncio.run(_migrate(settings))
         return 0
@@ -60,6 +61,7 @@ def main(
             file=sys.stderr,
         )
         return 2
+    configure_tracing("indexer")
     run_http_service(create_app(settings, wrap_handler=wrap_handler), settings.host, settings.port)
     return 0
 

@@ -28,6 +28,7 @@ from indexer.search import (
     search_response,
 )
 from indexer.settings import IndexerSettings
+from service_kit import tracing
 from service_kit.background import BackgroundConsumer, consuming
 from service_kit.consumer import BatchHandler, ConsumerMetrics, Decoder
 from service_kit.problems import (
@@ -41,8 +42,14 @@ from service_kit.problems import (
 
 log = logging.getLogger(__name__)
 
+
+def event_log_fields(envelope: Envelope) -> dict[str, object]:
+    """What a log line about one event says of it (JSON logs)."""
+    return {"event_id": envelope.event_id, "blog_id": envelope.key}
+
+
 # The blog contract's decoder: what it rejects is dead-lettered with its message as the reason.
-EVENT_DECODER = Decoder(decode_event, (EventDecodeError,))
+EVENT_DECODER = Decoder(decode_event, (EventDecodeError,), log_fields=event_log_fields)
 
 # Elasticsearch may still be starting when the service does (compose, a fresh stack).
 ES_STARTUP_TIMEOUT_S = 60.0
@@ -128,6 +135,7 @@ def create_app(
             yield
 
     app = FastAPI(title="indexer", version="0.1.0", lifespan=lifespan)
+    tracing.instrument_app(app)  # a no-op unless tracing is on (OTEL_TRACES_EXPORTER)
 
     def runtime_of(request: Request) -> Runtime:
         runtime: Runtime = request.app.state.runtime
@@ -144,9 +152,18 @@ def create_app(
         extra={TransportError: search_backend_unavailable, ApiError: search_backend_unavailable},
     )
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get(
+        "/healthz",
+        responses={503: {"description": "Not alive: the consumer task died (restart the process)"}},
+    )
+    async def healthz(request: Request) -> JSONResponse:
+        """Alive = the consumer task still runs (waiting for its topics or retrying an outage
+        included: that is /readyz's 503). Once it died, nothing consumes in this process again."""
+        runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+        died = runtime.consumer.died if runtime is not None and runtime.consumer else None
+        if died is not None:
+            return JSONResponse({"status": "dead", "consumer": died}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:

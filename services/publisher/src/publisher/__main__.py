@@ -20,6 +20,7 @@ from service_kit.logs import configure_logging
 from service_kit.migrations import apply_migrations
 from service_kit.serving import run_http_service
 from service_kit.topics import default_topics_file, topics_command
+from service_kit.tracing import configure_tracing
 
 
 def serve(settings: PublisherSettings, wrap_app: Callable[[ASGIApp], ASGIApp] | None = None) -> int:
@@ -119,8 +120,9 @@ def main(
     args = parser.parse_args(argv)
 
     settings = PublisherSettings()  # fields come from the environment
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.command in (None, "serve"):
+        configure_tracing("publisher")
         return serve(settings, wrap_app)
     if args.command == "migrate":
         return asyncio.run(migrate(settings))

@@ -28,6 +28,7 @@ from publisher.relay import OutboxRelay
 from publisher.routers import blogs, ops, status
 from publisher.settings import PublisherSettings
 from publisher.store import BlogStore
+from service_kit import tracing
 from service_kit.migrations import apply_migrations
 
 __all__ = ["MIGRATIONS_DIR", "SCHEMA", "Runtime", "create_app"]
@@ -93,16 +94,18 @@ def create_app(settings: PublisherSettings) -> FastAPI:
                 if settings.rate_limit_per_s > 0
                 else None
             ),
+            relay_task=relay_task,
         )
         app.state.runtime = rt
         purge_task = asyncio.create_task(purge_expired_keys(rt), name="idempotency-key-purge")
         try:
             yield
         finally:
+            rt.stopping = True
             purge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purge_task
-            if relay is not None and relay_task is not None:
+            if relay is not None and relay_task is not None and not relay_task.done():
                 relay.stop()
                 try:
                     await asyncio.wait_for(relay_task, 15.0)
@@ -120,6 +123,7 @@ def create_app(settings: PublisherSettings) -> FastAPI:
     # Added last = outermost, so it also counts the 413s and the 503s.
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
+    tracing.instrument_app(app)  # a no-op unless tracing is on (OTEL_TRACES_EXPORTER)
     app.include_router(blogs.router)
     app.include_router(status.router)
     app.include_router(ops.router)

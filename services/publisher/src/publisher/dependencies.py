@@ -3,6 +3,7 @@ one pool connection per write request, and the authenticated, rate-limited autho
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +34,20 @@ class Runtime:
     kafka: KafkaStatus
     relay: OutboxRelay | None
     write_limiter: TokenBucketLimiter | None
+    relay_task: asyncio.Task[None] | None = None
+    stopping: bool = False
+
+    @property
+    def relay_died(self) -> str | None:
+        """Why the relay task ended by itself (None while it runs, or when it was stopped): the
+        outbox would never be sent again by this replica, so it is not alive."""
+        task = self.relay_task
+        if task is None or not task.done() or self.stopping:
+            return None
+        if task.cancelled():
+            return "outbox relay task cancelled"
+        error = task.exception()
+        return f"outbox relay task died: {error!r}" if error else "outbox relay task ended"
 
 
 # `async def`: a sync dependency would run in the thread pool, a thread hop on every request.

@@ -8,10 +8,10 @@ is fixed (e.g. the topic's `max.message.bytes` raised), puts them back in the re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka.errors import (
     InvalidMessageError,
@@ -64,7 +64,13 @@ class ParkedRow:
         }
 
 
-async def park(conn: DbConnection, row_id: int, reason: str) -> None:
+class Executes(Protocol):
+    """A connection, or the relay's lock session (parking is fenced like marking)."""
+
+    def execute(self, query: str, *args: Any) -> Awaitable[str]: ...
+
+
+async def park(conn: Executes, row_id: int, reason: str) -> None:
     await conn.execute(
         "UPDATE publisher.outbox SET parked_at = now(), parked_reason = $2"
         " WHERE id = $1 AND sent_at IS NULL",

@@ -1,10 +1,13 @@
 """The outbox relay: publishes outbox rows to Kafka in id order and marks them sent.
 
 Only one relay is active across replicas: the leader holds a PostgreSQL advisory lock on a
-dedicated connection, the others stand by and retry. One sender means per-key order is kept and
-no row is sent twice by design. A row can still be sent twice if the leader crashes (or loses
-its connection) after Kafka acknowledged it and before it was marked sent; consumers absorb
-that by applying an event only when its version is newer than what they hold.
+dedicated session (`publisher.relay_lock`: keepalives, statement and idle-session timeouts bound
+how long a frozen or cut-off leader keeps it), the others stand by and retry. One sender means
+per-key order is kept and no row is sent twice by design. A row can still be sent twice if the
+leader crashes, freezes or loses its session after Kafka acknowledged it and before it was
+marked sent; consumers absorb that by applying an event only when its version is newer than
+what they hold. Marks are fenced: they go through the lock session, so a leader whose session
+was ended (its lock taken over) cannot mark anything, and a row is never marked twice.
 
 A row Kafka refuses for good (`parking.REFUSED_FOR_GOOD`: too large, invalid) is parked with its
 reason, and the rows behind it go on. Since a refused record can take the other records of its
@@ -26,13 +29,17 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from aiokafka.structs import RecordMetadata
 
 from publisher.metrics import PublisherMetrics
 from publisher.parking import NOTIFY_CHANNEL, park, refused_for_good
+from publisher.relay_lock import LockSession, SessionLostError, relay_identity
 from publisher.settings import PublisherSettings
+from service_kit import tracing
 from service_kit.backoff import Backoff
 from service_kit.kafka_admin import admin_client, produce_blockers, unusable_topics
+from service_kit.logs import log_context
 
 log = logging.getLogger(__name__)
 # Advisory locks are per database, so one key serves every deployment of the schema.
@@ -45,6 +52,41 @@ _TOPIC_CHECK_TIMEOUT_S = 15.0
 TopicCheck = Callable[[str, str], Awaitable[Mapping[str, str]]]
 # Why acks=all writes to a topic fail right now, in words ("" when nothing is visibly wrong).
 SendDiagnosis = Callable[[str, str], Awaitable[str]]
+
+
+def send_failure_reason(exc: BaseException) -> str:
+    """The `reason` label of publisher_relay_send_failures_total (a fixed, small set)."""
+    if refused_for_good(exc):
+        return "record_refused"
+    if isinstance(
+        exc, kafka_errors.NotEnoughReplicasError | kafka_errors.NotEnoughReplicasAfterAppendError
+    ):
+        return "not_enough_replicas"
+    if isinstance(exc, kafka_errors.UnknownTopicOrPartitionError):
+        return "topic_missing"
+    if isinstance(
+        exc,
+        kafka_errors.TopicAuthorizationFailedError
+        | kafka_errors.ClusterAuthorizationFailedError
+        | kafka_errors.TransactionalIdAuthorizationFailed
+        | kafka_errors.AuthenticationFailedError,
+    ):
+        return "authorization"
+    if isinstance(
+        exc, TimeoutError | kafka_errors.KafkaTimeoutError | kafka_errors.RequestTimedOutError
+    ):
+        return "timeout"
+    if isinstance(
+        exc,
+        kafka_errors.KafkaConnectionError
+        | kafka_errors.NoBrokersAvailable
+        | kafka_errors.NodeNotReadyError
+        | kafka_errors.LeaderNotAvailableError
+        | kafka_errors.NotLeaderForPartitionError
+        | OSError,
+    ):
+        return "kafka_unreachable"
+    return "other"
 
 
 async def _unusable_topic(bootstrap: str, topic: str) -> Mapping[str, str]:
@@ -70,6 +112,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._is_leader = False
         self._kafka_ok: bool | None = None
+        self.identity = relay_identity()
 
     @property
     def is_leader(self) -> bool:
@@ -86,39 +129,70 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Compete for leadership and relay while leading, until stop()."""
-        backoff = Backoff(self._settings.relay_retry_initial_s, self._settings.relay_retry_max_s)
+        # The relay's own statements (polls, marks, heartbeats) are plumbing, not traces; its
+        # Kafka sends are traced in each row's own context (see _send_row).
+        with tracing.suppressed():
+            await self._run()
+
+    async def _run(self) -> None:
+        settings = self._settings
+        backoff = Backoff(settings.relay_retry_initial_s, settings.relay_retry_max_s)
         while not self._stopping.is_set():
-            conn: asyncpg.Connection | None = None
+            session: LockSession | None = None
             try:
-                conn = await asyncpg.connect(
-                    self._settings.dsn, timeout=self._settings.db_timeout_s
+                session = await LockSession.open(
+                    settings.dsn,
+                    connect_timeout_s=settings.db_timeout_s,
+                    idle_timeout_s=settings.relay_lock_idle_timeout_s,
+                    statement_timeout_s=settings.relay_lock_statement_timeout_s,
                 )
-                if not await self._acquire_leadership(conn):
+                if not await self._acquire_leadership(session):
                     return
                 self._set_leader(True)
-                log.info("outbox relay: leader (advisory lock %d held)", RELAY_LOCK_KEY)
-                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                session.on_lost(self._on_session_lost)
+                log.info(
+                    "outbox relay: leader as %s (advisory lock %d held by backend %d)",
+                    self.identity,
+                    RELAY_LOCK_KEY,
+                    session.backend_pid,
+                )
+                await session.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 backoff.reset()
-                await self._relay_while_leader(conn)
+                await self._relay_while_leader(session)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 delay = backoff.next_delay()
-                log.warning("outbox relay: database error (%s); retrying in %.1fs", exc, delay)
+                if self._is_leader and isinstance(exc, SessionLostError):
+                    self._metrics.relay_leadership_lost.inc()
+                    log.warning(
+                        "outbox relay: leadership lost, the lock session is gone (%s); nothing "
+                        "more is marked sent by this replica, which stands by again",
+                        exc,
+                    )
+                else:
+                    log.warning("outbox relay: database error (%s); retrying in %.1fs", exc, delay)
+                self._set_leader(False)
+                # Closed before the pause: a lock still held is freed for a standby at once.
+                await self._close(session)
+                session = None
                 await self._sleep(delay)
             finally:
-                if self._is_leader:
-                    log.info("outbox relay: leadership released")
-                self._set_leader(False)
-                if conn is not None:
-                    # Closing the session releases the advisory lock for a standby replica.
-                    await _close_quietly(conn)
+                await self._close(session)
 
-    async def _acquire_leadership(self, conn: asyncpg.Connection) -> bool:
+    async def _close(self, session: LockSession | None) -> None:
+        if self._is_leader:
+            log.info("outbox relay: leadership released")
+        self._set_leader(False)
+        if session is not None:
+            # Closing the session releases the advisory lock for a standby replica.
+            await session.close()
+
+    async def _acquire_leadership(self, session: LockSession) -> bool:
         """Wait until this session holds the relay lock; False if stopped first."""
         announced = False
         while not self._stopping.is_set():
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+            if await session.try_lock(RELAY_LOCK_KEY):
                 return True
             if not announced:
                 log.info("outbox relay: standby (another replica holds the lock)")
@@ -126,13 +200,21 @@ class OutboxRelay:
             await self._sleep(self._settings.relay_standby_retry_s)
         return False
 
-    async def _relay_while_leader(self, conn: asyncpg.Connection) -> None:
+    def _on_session_lost(self, reason: str) -> None:
+        # At once, not at the next statement: the gauge says it, and a wait is cut short.
+        if self._is_leader:
+            self._metrics.relay_is_leader.set(0)
+        self._wake.set()
+
+    async def _relay_while_leader(self, session: LockSession) -> None:
         settings = self._settings
         kafka_backoff = Backoff(settings.relay_retry_initial_s, settings.relay_retry_max_s)
         producer: AIOKafkaProducer | None = None
         topics_ready = False
         try:
             while not self._stopping.is_set():
+                if session.lost_reason is not None:
+                    raise SessionLostError(session.lost_reason)
                 if producer is None:
                     try:
                         if not topics_ready:
@@ -144,30 +226,30 @@ class OutboxRelay:
                             )
                             if problems:
                                 self._kafka_ok = False
+                                self._count_failure("topic_missing")
                                 self._log_waiting(
                                     f"topic {settings.topic} {problems[settings.topic]}: create it "
                                     "with `python -m publisher topics apply` (`make topics`); "
                                     "writes stay in the outbox until then"
                                 )
-                                await conn.fetchval("SELECT 1")
                                 await self._sleep(kafka_backoff.next_delay())
                                 continue
                             topics_ready = True
                         producer = await self._start_producer()
                     except Exception as exc:
                         self._kafka_ok = False
+                        self._count_failure(send_failure_reason(exc))
                         delay = kafka_backoff.next_delay()
                         log.warning(
                             "outbox relay: Kafka unreachable (%s); retry in %.1fs", exc, delay
                         )
-                        # Touch the lock session so a lost database connection ends leadership.
-                        await conn.fetchval("SELECT 1")
                         await self._sleep(delay)
                         continue
                 # Cleared before the read: a NOTIFY arriving after it wakes the next wait.
                 self._wake.clear()
-                rows = await conn.fetch(
-                    "SELECT id, blog_id, version, topic, key, payload FROM publisher.outbox"
+                rows = await session.fetch(
+                    "SELECT id, event_id, blog_id, version, topic, key, payload, traceparent"
+                    " FROM publisher.outbox"
                     " WHERE sent_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT $1",
                     settings.relay_batch,
                 )
@@ -181,8 +263,7 @@ class OutboxRelay:
                     slow_after_s=settings.kafka_request_timeout_ms / 1000,
                     on_slow=self._explain_slow_send,
                 )
-                await _mark_sent(conn, delivered)
-                self._metrics.relay_sent.inc(len(delivered))
+                await self._mark_sent(session, delivered)
                 if error is None and refused:
                     # Which of them does Kafka refuse alone? A fresh producer: the old one's
                     # idempotence state for those partitions is not to be trusted any more.
@@ -190,7 +271,9 @@ class OutboxRelay:
                     producer = None
                     try:
                         producer = await self._start_producer()
-                        error = await self._send_alone(conn, producer, refused)
+                        error = await self._send_alone(session, producer, refused)
+                    except SessionLostError:
+                        raise
                     except Exception as exc:
                         error = exc
                 if error is None:
@@ -201,7 +284,7 @@ class OutboxRelay:
                     continue
                 # Rows not delivered stay unsent and go out again with a fresh producer.
                 self._kafka_ok = False
-                self._metrics.relay_send_failures.inc()
+                self._count_failure(send_failure_reason(error))
                 delay = kafka_backoff.next_delay()
                 log.warning(
                     "outbox relay: send failed (%r); %d of %d delivered; retry in %.1fs",
@@ -219,16 +302,42 @@ class OutboxRelay:
             if producer is not None:
                 await _stop_quietly(producer)
 
+    async def _mark_sent(self, session: LockSession, delivered: list[tuple[int, int, int]]) -> None:
+        """Mark delivered rows sent, through the lock session: fails (SessionLostError) once the
+        session is gone, so a leader that lost its lock marks nothing; `sent_at IS NULL` keeps
+        the first mark of a row."""
+        if not delivered:
+            return
+        ids, partitions, offsets = zip(*delivered, strict=True)
+        try:
+            await session.execute(
+                "UPDATE publisher.outbox AS o SET sent_at = now(), sent_by = $4,"
+                " kafka_partition = d.kafka_partition, kafka_offset = d.kafka_offset"
+                " FROM unnest($1::bigint[], $2::integer[], $3::bigint[])"
+                "   AS d(id, kafka_partition, kafka_offset)"
+                " WHERE o.id = d.id AND o.sent_at IS NULL",
+                list(ids),
+                list(partitions),
+                list(offsets),
+                self.identity,
+            )
+        except SessionLostError:
+            log.warning(
+                "outbox relay: %d row(s) Kafka acknowledged were not marked sent (the lock "
+                "session is gone); the leader sends them again, consumers skip the duplicates",
+                len(delivered),
+            )
+            raise
+        self._metrics.relay_sent.inc(len(delivered))
+
     async def _send_alone(
-        self, conn: asyncpg.Connection, producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]
+        self, session: LockSession, producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]
     ) -> BaseException | None:
         """Send each row on its own, in order: delivered ones are marked sent, those refused for
         good parked; the first other error stops it (returned)."""
         for row in rows:
             try:
-                sent = await producer.send_and_wait(
-                    row["topic"], value=bytes(row["payload"]), key=row["key"].encode()
-                )
+                sent = await (await _send_row(producer, row))
             except Exception as exc:
                 if not refused_for_good(exc):
                     return exc
@@ -236,20 +345,26 @@ class OutboxRelay:
                     f"{type(exc).__name__}: {exc or 'refused by Kafka'} "
                     f"(payload {len(row['payload'])} bytes, topic {row['topic']})"
                 )
-                await park(conn, row["id"], reason)
+                if session.lost_reason is not None:
+                    raise SessionLostError(session.lost_reason) from None
+                await park(session, row["id"], reason)
                 self._metrics.relay_parked.inc()
-                log.warning(
-                    "outbox relay: parked row %d (blog %s version %d): %s; "
-                    "see `python -m publisher outbox list-parked`",
-                    row["id"],
-                    row["blog_id"],
-                    row["version"],
-                    reason,
-                )
+                self._count_failure("record_refused")
+                with log_context(**_row_log_fields(row)):
+                    log.warning(
+                        "outbox relay: parked row %d (blog %s version %d): %s; "
+                        "see `python -m publisher outbox list-parked`",
+                        row["id"],
+                        row["blog_id"],
+                        row["version"],
+                        reason,
+                    )
                 continue
-            await _mark_sent(conn, [(row["id"], sent.partition, sent.offset)])
-            self._metrics.relay_sent.inc()
+            await self._mark_sent(session, [(row["id"], sent.partition, sent.offset)])
         return None
+
+    def _count_failure(self, reason: str) -> None:
+        self._metrics.relay_send_failures.labels(reason=reason).inc()
 
     def _log_waiting(self, reason: str | None) -> None:
         """Say why the relay waits, once per reason (and once when it no longer waits)."""
@@ -316,6 +431,38 @@ class OutboxRelay:
         self._metrics.relay_is_leader.set(1 if leader else 0)
 
 
+def _row_log_fields(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "event_id": row["event_id"],
+        "blog_id": row["blog_id"],
+        "trace_id": tracing.trace_id_of(row["traceparent"]),
+    }
+
+
+async def _send_row(
+    producer: AIOKafkaProducer, row: asyncpg.Record
+) -> asyncio.Future[RecordMetadata]:
+    """Hand one row to the producer; the future resolves once Kafka acknowledged it. The row's
+    trace context (the write's request) goes on the record as its `traceparent` header: with
+    tracing on, through the send span the aiokafka instrumentation opens in that context (its
+    child); with tracing off, as stored."""
+    traceparent: str | None = row["traceparent"]
+    future: asyncio.Future[RecordMetadata]
+    if tracing.enabled():
+        with tracing.in_remote_context(traceparent):
+            future = await producer.send(
+                row["topic"], value=bytes(row["payload"]), key=row["key"].encode()
+            )
+        return future
+    future = await producer.send(
+        row["topic"],
+        value=bytes(row["payload"]),
+        key=row["key"].encode(),
+        headers=[(tracing.TRACEPARENT, traceparent.encode())] if traceparent else None,
+    )
+    return future
+
+
 async def _send_batch(
     producer: AIOKafkaProducer,
     rows: Sequence[asyncpg.Record],
@@ -334,9 +481,7 @@ async def _send_batch(
     error: BaseException | None = None
     for row in rows:
         try:
-            future = await producer.send(
-                row["topic"], value=bytes(row["payload"]), key=row["key"].encode()
-            )
+            future = await _send_row(producer, row)
         except Exception as exc:
             if refused_for_good(exc):  # refused by the client already (over max_request_size)
                 refused.append(row)
@@ -364,31 +509,8 @@ async def _send_batch(
     return delivered, refused, error
 
 
-async def _mark_sent(conn: asyncpg.Connection, delivered: list[tuple[int, int, int]]) -> None:
-    if not delivered:
-        return
-    ids, partitions, offsets = zip(*delivered, strict=True)
-    await conn.execute(
-        "UPDATE publisher.outbox AS o"
-        " SET sent_at = now(), kafka_partition = d.kafka_partition, kafka_offset = d.kafka_offset"
-        " FROM unnest($1::bigint[], $2::integer[], $3::bigint[])"
-        "   AS d(id, kafka_partition, kafka_offset)"
-        " WHERE o.id = d.id",
-        list(ids),
-        list(partitions),
-        list(offsets),
-    )
-
-
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:
     try:
         await producer.stop()
     except Exception as exc:
         log.debug("outbox relay: producer stop failed: %r", exc)
-
-
-async def _close_quietly(conn: asyncpg.Connection) -> None:
-    try:
-        await asyncio.wait_for(conn.close(), 5.0)
-    except Exception:
-        conn.terminate()

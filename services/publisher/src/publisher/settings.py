@@ -3,7 +3,9 @@ start instead of surfacing later."""
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from blog_events import TOPIC
@@ -22,6 +24,8 @@ class PublisherSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"
+    # text (default) or json (one object per line); unset: the shared LOG_FORMAT, else text.
+    log_format: Literal["text", "json"] | None = None
     relay_enabled: bool = True
     # false: the schema is migrated beforehand (`python -m publisher migrate`, e.g. the chart's
     # hook Job), so replicas start without running DDL.
@@ -31,6 +35,11 @@ class PublisherSettings(BaseSettings):
     relay_poll_interval_s: float = Field(default=1.0, gt=0)
     # How often a standby replica retries to become the relay leader.
     relay_standby_retry_s: float = Field(default=2.0, gt=0)
+    # The relay's lock session (see publisher.relay_lock): PostgreSQL ends it after this long
+    # without a statement (idle_session_timeout), which frees the lock of a frozen or cut-off
+    # leader; a live replica touches it every quarter of it. Also its statement_timeout.
+    relay_lock_idle_timeout_s: float = Field(default=10.0, ge=2.0, le=600.0)
+    relay_lock_statement_timeout_s: float = Field(default=10.0, ge=1.0, le=600.0)
     relay_retry_initial_s: float = Field(default=0.2, gt=0)
     relay_retry_max_s: float = Field(default=10.0, gt=0)
     status_groups: list[str] = Field(default_factory=lambda: ["counter", "indexer"])
@@ -50,6 +59,17 @@ class PublisherSettings(BaseSettings):
     # often expired keys are deleted.
     idempotency_key_ttl_s: float = Field(default=24 * 3600, gt=0)
     idempotency_purge_interval_s: float = Field(default=600, gt=0)
+
+    @model_validator(mode="after")
+    def _standby_retries_within_the_lock_bound(self) -> PublisherSettings:
+        # A standby that asks for the lock less often than the lock can be freed would make the
+        # takeover bound its own retry interval.
+        if self.relay_standby_retry_s > self.relay_lock_idle_timeout_s:
+            raise ValueError(
+                "relay_standby_retry_s must not exceed relay_lock_idle_timeout_s "
+                f"({self.relay_standby_retry_s} > {self.relay_lock_idle_timeout_s})"
+            )
+        return self
 
     @property
     def dsn(self) -> str:

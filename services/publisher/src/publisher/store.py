@@ -24,6 +24,8 @@ from publisher.errors import (
 from publisher.events import envelope_for
 from publisher.models import BlogDraft
 from publisher.preconditions import IfMatch
+from service_kit import tracing
+from service_kit.logs import bind_log_fields
 
 __all__ = [
     "Blog",
@@ -95,6 +97,26 @@ class PageCursor:
             raise InvalidCursorError("invalid cursor") from exc
 
 
+# Each subquery matches one partial index's predicate (migrations 002): outbox_unsent_idx
+# (sent_at IS NULL AND parked_at IS NULL) and outbox_parked_idx (parked_at IS NOT NULL).
+OUTBOX_HEALTH_QUERY = (
+    "SELECT"
+    " (SELECT count(*) FROM publisher.outbox"
+    "   WHERE sent_at IS NULL AND parked_at IS NULL) AS unsent,"
+    " (SELECT extract(epoch FROM clock_timestamp() - created_at) FROM publisher.outbox"
+    "   WHERE sent_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT 1) AS oldest_age_s,"
+    " (SELECT count(*) FROM publisher.outbox"
+    "   WHERE parked_at IS NOT NULL AND sent_at IS NULL) AS parked"
+)
+
+
+@dataclass(frozen=True)
+class OutboxHealth:
+    unsent: int
+    oldest_unsent_age_s: float  # 0 when nothing is unsent
+    parked: int
+
+
 class BlogStore:
     def __init__(self, pool: asyncpg.Pool, topic: str, timeout_s: float) -> None:
         self._pool = pool
@@ -123,13 +145,15 @@ class BlogStore:
             deleted_at=None,
         )
         envelope = envelope_for(blog)
+        bind_log_fields(blog_id=blog.id, event_id=envelope.event_id)
         await conn.execute(
             "WITH blog AS ("
             " INSERT INTO publisher.blogs"
             " (id, author_id, title, body, tags, version, created_at, updated_at)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $7))"
-            " INSERT INTO publisher.outbox (event_id, blog_id, version, topic, key, payload)"
-            " VALUES ($8, $1, $6, $9, $10, $11)",
+            " INSERT INTO publisher.outbox"
+            " (event_id, blog_id, version, topic, key, payload, traceparent)"
+            " VALUES ($8, $1, $6, $9, $10, $11, $12)",
             blog.id,
             blog.author_id,
             blog.title,
@@ -141,6 +165,9 @@ class BlogStore:
             self._topic,
             envelope.key,
             encode_event(envelope),
+            # The request's trace context (None with tracing off): the relay sends the event
+            # in it, as the record's traceparent header.
+            tracing.current_traceparent(),
         )
         return blog
 
@@ -260,28 +287,29 @@ class BlogStore:
     async def _append_event(self, conn: DbConnection, blog: Blog) -> Blog:
         """The blog's event (derived from its new state) into the outbox."""
         envelope = envelope_for(blog)
+        bind_log_fields(blog_id=blog.id, event_id=envelope.event_id)
         await conn.execute(
-            "INSERT INTO publisher.outbox (event_id, blog_id, version, topic, key, payload)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO publisher.outbox"
+            " (event_id, blog_id, version, topic, key, payload, traceparent)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
             envelope.event_id,
             blog.id,
             blog.version,
             self._topic,
             envelope.key,
             encode_event(envelope),
+            tracing.current_traceparent(),
         )
         return blog
 
-    async def outbox_counts(self) -> tuple[int, int]:
-        """(unsent rows waiting for the relay, parked rows the relay gave up on)."""
+    async def outbox_health(self) -> OutboxHealth:
+        """Unsent rows, the age of the oldest one, and parked rows: each an index-backed lookup
+        (the partial indexes on unsent and on parked rows), so the cost follows the backlog, not
+        the table. The age is the database's clock minus the lowest unsent id's created_at."""
         async with self._pool.acquire(timeout=self._timeout_s) as conn:
-            row = await conn.fetchrow(
-                "SELECT count(*) FILTER (WHERE parked_at IS NULL) AS unsent,"
-                " count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked"
-                " FROM publisher.outbox WHERE sent_at IS NULL"
-            )
+            row = await conn.fetchrow(OUTBOX_HEALTH_QUERY, timeout=self._timeout_s)
         assert row is not None
-        return row["unsent"], row["parked"]
+        return OutboxHealth(row["unsent"], float(row["oldest_age_s"] or 0.0), row["parked"])
 
     async def ping(self) -> None:
         async with self._pool.acquire(timeout=self._timeout_s) as conn:

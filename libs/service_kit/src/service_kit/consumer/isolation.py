@@ -18,10 +18,11 @@ interrupted it, the prefix of each partition that is settled).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic
 
@@ -29,12 +30,15 @@ from service_kit.backoff import backoff_delay
 from service_kit.consumer.failures import IsTransient, RejectedEvents, failure_reason
 from service_kit.consumer.metrics import ConsumerMetrics
 from service_kit.consumer.records import BatchHandler, ConsumedEvent, E, Record
+from service_kit.logs import log_context
 
 log = logging.getLogger(__name__)
 
 Position = tuple[str, int, int]  # topic, partition, offset
 # Writes the record at a position to the dead-letter topic; returns once the copy is durable.
 DeadLetter = Callable[[Position, str], Awaitable[None]]
+# The log fields of the record at a position (partition, offset, event_id, blog_id, trace_id).
+Describe = Callable[[Position], Mapping[str, Any]]
 # Waits the given seconds; True when a stop or revoke cut the wait short.
 Pause = Callable[[float], Awaitable[bool]]
 
@@ -98,18 +102,28 @@ class BatchSettler(Generic[E]):
         self._pause = pause
         self._dead_letter_streak = 0
         self.failing = False  # a failing streak is going on (transient, or too many poisons)
+        self._describe: Describe | None = None
+
+    def _about(self, position: Position) -> contextlib.AbstractContextManager[None]:
+        """Log lines inside name the record (JSON logs: partition, offset, event_id, ...)."""
+        if self._describe is None:
+            return contextlib.nullcontext()
+        return log_context(**self._describe(position))
 
     async def settle(
         self,
         events: Sequence[ConsumedEvent[E]],
         undecodable: Sequence[tuple[Record, str]],
         dead_letter: DeadLetter,
+        describe: Describe | None = None,
     ) -> Settlement[E]:
         settlement: Settlement[E] = Settlement()
+        self._describe = describe
         try:
             for record, reason in undecodable:
                 position = (record.topic, record.partition, record.offset)
-                await self._dead_letter(position, reason, dead_letter, settlement)
+                with self._about(position):
+                    await self._dead_letter(position, reason, dead_letter, settlement)
             await self._handle(list(events), dead_letter, settlement)
         except Interrupted:
             settlement.completed = False
@@ -142,7 +156,8 @@ class BatchSettler(Generic[E]):
                         _describe(failure),
                     )
                 if len(segment) == 1:
-                    await self._retry_alone(segment[0], failure, dead_letter, settlement)
+                    with self._about(position_of(segment[0])):
+                        await self._retry_alone(segment[0], failure, dead_letter, settlement)
                 else:
                     segments.extendleft(reversed(self._narrow(segment, failure, settlement)))
         except Interrupted:

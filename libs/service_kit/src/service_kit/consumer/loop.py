@@ -20,27 +20,30 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
-from typing import Generic
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from service_kit import tracing
 from service_kit.consumer.config import ConsumerConfig
 from service_kit.consumer.dead_letter import DeadLetterWriter
 from service_kit.consumer.failures import IsTransient, is_transient_by_default
-from service_kit.consumer.isolation import BatchSettler, Position
+from service_kit.consumer.isolation import BatchSettler, DeadLetter, Describe, Position
 from service_kit.consumer.metrics import ConsumerMetrics
 from service_kit.consumer.offsets import commit_offsets, settled_prefix_offsets
 from service_kit.consumer.rebalance import BatchLockListener, describe_partitions
 from service_kit.consumer.records import (
     BatchHandler,
+    ConsumedEvent,
     Decoder,
     E,
     PolledBatch,
     Record,
     decode_in_slices,
 )
+from service_kit.logs import bind_log_fields
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,7 @@ class BatchConsumer(Generic[E]):
         """Poll, process and commit until stop(); starts the clients if start() was not called."""
         await self.start()
         assert self._consumer is not None
+        bind_log_fields(group=self.config.group_id)  # every line this task logs names its group
         self._running = True
         ahead: asyncio.Task[PolledBatch[E] | None] | None = None
         try:
@@ -235,7 +239,38 @@ class BatchConsumer(Generic[E]):
             assert self._dead_letters is not None
             await self._dead_letters.write(by_position[position], reason)
 
-        settlement = await self._settler.settle(events, undecodable, dead_letter)
+        def describe(position: Position) -> Mapping[str, Any]:
+            """The log fields of one record (the per-record paths only: isolation, DLQ)."""
+            record = by_position[position]
+            fields: dict[str, Any] = {
+                "partition": record.partition,
+                "offset": record.offset,
+                "trace_id": tracing.trace_id_of(tracing.header_traceparent(record.headers)),
+            }
+            if self._decoder.log_fields is not None:
+                for event in events:
+                    if (event.topic, event.partition, event.offset) == position:
+                        fields.update(self._decoder.log_fields(event.envelope))
+                        break
+            return fields
+
+        with tracing.consumer_batch_span(self.config.topic, group, records):
+            await self._settle_and_commit(
+                records, events, undecodable, dead_letter, describe, started
+            )
+
+    async def _settle_and_commit(
+        self,
+        records: list[Record],
+        events: list[ConsumedEvent[E]],
+        undecodable: list[tuple[Record, str]],
+        dead_letter: DeadLetter,
+        describe: Describe,
+        started: float,
+    ) -> None:
+        assert self._consumer is not None
+        group = self.config.group_id
+        settlement = await self._settler.settle(events, undecodable, dead_letter, describe)
         self._metrics.events_processed.labels(group=group).inc(settlement.applied)
         if settlement.completed:
             offsets = commit_offsets(records)

@@ -5,7 +5,7 @@ event contract: each service passes its own decoder."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias, TypeVar
 
@@ -44,6 +44,9 @@ class Decoder(Generic[E]):
 
     decode: Callable[[bytes | None], E]
     rejects: tuple[type[Exception], ...]
+    # What a log line about one event says of it (e.g. its event_id and blog_id): JSON logs
+    # carry these fields (`service_kit.logs`). Optional; only called on the per-record paths.
+    log_fields: Callable[[E], Mapping[str, object]] | None = None
 
 
 Record: TypeAlias = "ConsumerRecord[Any, Any]"

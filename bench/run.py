@@ -299,7 +299,9 @@ class Row:
 def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.1f}" if abs(value) >= 1 or value == 0 else f"{value:.3f}"
 
 
 def _ok(results: dict[str, Any], key: str) -> Any:

@@ -58,6 +58,8 @@ class SlowProxy:
             )
         except (OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # only __aexit__ cancels: the proxy is closing, and so is this connection
         finally:
             for writer in (client_w, upstream_w):
                 with contextlib.suppress(Exception):

@@ -104,16 +104,22 @@ FAST_STRUCTS: dict[str, type[msgspec.Struct]] = {
 _decoder = msgspec.json.Decoder(FastEnvelope)
 # The one difference the tests found between the two parsers: a time with more than 6 fraction
 # digits is rounded to the microsecond by msgspec, truncated by pydantic. Such an input (never
-# written by the publisher) goes to pydantic, and so does one spelling digits or punctuation as
-# \u escapes (which could hide such a time; no JSON encoder writes them). A body quoting such a
-# time only costs the fallback.
-_LONG_FRACTION = re.compile(rb"\d\d:\d\d:\d\d[.,]\d{7}|\\u00[23]")
+# written by the publisher) goes to pydantic, and so does any input with a \u escape (which
+# could spell such a time; the publisher writes UTF-8, no escapes). A body quoting such a time
+# only costs the fallback. Both checks are C scans with a literal first byte: ~1 us per event
+# (a pattern without one cost 20 us).
+_LONG_FRACTION = re.compile(rb":[0-9]{2}[.,][0-9]{7}")
+_ESCAPE = b"\\u"
+
+
+def _may_differ(raw: bytes) -> bool:
+    return _ESCAPE in raw or _LONG_FRACTION.search(raw) is not None
 
 
 def fast_parse(raw: bytes) -> FastEnvelope:
     """msgspec alone (no fallback; inputs with long time fractions refused): raises msgspec's
     errors. The tests compare it too."""
-    if _LONG_FRACTION.search(raw):
+    if _may_differ(raw):
         raise msgspec.ValidationError("time fraction beyond microseconds: left to pydantic")
     return _decoder.decode(raw)
 
@@ -161,7 +167,7 @@ def decode_event_fast(raw: bytes | None) -> FastEnvelope:
     """`decode_event`'s verdicts, faster: msgspec first, pydantic for whatever msgspec refuses
     (the rare, odd or hostile input); a rejection raises `EventDecodeError` with pydantic's
     reason, like `decode_event`."""
-    if raw is not None and not _LONG_FRACTION.search(raw):
+    if raw is not None and not _may_differ(raw):
         try:
             return _decoder.decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError):

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
-from blog_events import BlogDeleted, Envelope
+from blog_events.fast import FastEnvelope
 from indexer.documents import (
+    DELETED,
     BulkItemsUnavailable,
     bulk_operations,
     check_bulk_response,
@@ -37,8 +38,8 @@ def es_failure_is_transient(exc: BaseException) -> bool:
 IS_TRANSIENT = transient_errors(TransportError, BulkItemsUnavailable, when=es_failure_is_transient)
 
 
-def make_batch_handler(es: AsyncElasticsearch, alias: str) -> BatchHandler[Envelope]:
-    async def handle_batch(batch: Sequence[ConsumedEvent[Envelope]]) -> None:
+def make_batch_handler(es: AsyncElasticsearch, alias: str) -> BatchHandler[FastEnvelope]:
+    async def handle_batch(batch: Sequence[ConsumedEvent[FastEnvelope]]) -> None:
         newest = fold_latest(consumed.envelope.payload for consumed in batch)
         if not newest:
             return
@@ -57,7 +58,7 @@ def make_batch_handler(es: AsyncElasticsearch, alias: str) -> BatchHandler[Envel
         # Items failing for the index's sake (429, 5xx, a write block) raise: the consumer
         # retries the whole batch (idempotent by versions) and commits nothing meanwhile.
         outcome = check_bulk_response(response.body)
-        tombstone_ids = {str(e.blog_id) for e in newest if isinstance(e, BlogDeleted)}
+        tombstone_ids = {str(e.blog_id) for e in newest if isinstance(e, DELETED)}
         tombstones = sum(1 for blog_id in outcome.written_ids if blog_id in tombstone_ids)
         DOCUMENTS_WRITTEN.labels(kind="tombstone").inc(tombstones)
         DOCUMENTS_WRITTEN.labels(kind="blog").inc(len(outcome.written_ids) - tombstones)

@@ -128,5 +128,6 @@ redrive: up ## re-publish dead letters to their source topic after a fix (DLQ=bl
 
 SIZE ?= full
 .PHONY: bench
-bench: up ## the five speed measures beside their references, table + bench/results/bench.json (SIZE=small|medium|full, ARGS=--profile)
+bench: up ## the speed measures beside their references, table + bench/results/bench.json (SIZE=small|medium|full, ARGS=--profile)
+	$(UV) sync --frozen --all-packages --group bench --inexact -q  # the FastStream peer (bench only)
 	$(STACK_ENV); $(UV) run --frozen --no-sync python -m bench.run --size $(SIZE) $(ARGS)

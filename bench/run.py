@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from bench.common import RESULTS, StackAddresses, Workspace, create_authors, end
 from bench.drains import (
     counter_total,
     drain_bare,
+    drain_faststream,
     drain_service,
     indexed_live,
     kafka_consumer_perf,
@@ -199,6 +201,17 @@ async def run_drains(stack: StackAddresses, size: Size, profile: bool) -> dict[s
             "expected_total_blogs": stats.live,
             "total_blogs": await counter_total(ws.database_url),
         }
+        if importlib.util.find_spec("faststream") is None:
+            log("run 2: FastStream peer skipped: not installed (uv sync --group bench)")
+        else:
+            log("run 2: the peer, FastStream's batch subscriber, the counter's handler logic")
+            out["faststream"] = await drain_faststream(
+                ws, ends, max_batch=size.max_batch, timeout_s=timeout
+            )
+            out["faststream"]["check"] = {
+                "expected_total_blogs": stats.live,
+                "total_blogs": out["faststream"].pop("total_blogs"),
+            }
         log("run 3: raw async_bulk")
         out["raw_bulk"] = await raw_bulk(ws, backlog, chunk=size.max_batch)
         log("run 3: indexer drain")
@@ -394,6 +407,18 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                 None,
             )
         )
+        peer = drains.get("faststream")
+        if peer:
+            rows.append(
+                Row(
+                    "counter drain (vs FastStream batch subscriber, same handler)",
+                    counter,
+                    peer["events_per_s"],
+                    "events/s",
+                    ">= 1.0x",
+                    counter / peer["events_per_s"] >= 1.0,
+                )
+            )
         for service, reference in (("counter", "bare_loop"), ("indexer", None)):
             rows.append(
                 Row(
@@ -637,11 +662,14 @@ def main() -> None:
     drains = _ok(results, "drains")
     if drains:
         counter, indexer = drains["counter"]["check"], drains["indexer"]["check"]
-        print(f"exactly-once checks: counter {counter}, indexer {indexer}")
+        peer = drains.get("faststream", {}).get("check")
+        print(f"exactly-once checks: counter {counter}, indexer {indexer}, FastStream peer {peer}")
         print(
             "cpu_share during the drains: "
             + ", ".join(
-                f"{k} {drains[k].get('cpu_share')}" for k in ("bare_loop", "counter", "indexer")
+                f"{k} {drains[k].get('cpu_share')}"
+                for k in ("bare_loop", "counter", "faststream", "indexer")
+                if k in drains
             )
         )
     fresh = _ok(results, "freshness")

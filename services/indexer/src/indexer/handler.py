@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
@@ -13,7 +11,6 @@ from blog_events.fast import FastEnvelope
 from indexer.documents import (
     DELETED,
     BulkItemsUnavailable,
-    BulkOutcome,
     bulk_operations,
     check_bulk_response,
     fold_latest,
@@ -28,20 +25,6 @@ BULK_RESPONSE_FIELDS = ["errors", "items.*._id", "items.*.status", "items.*.erro
 # connection errors and timeouts (TransportError), overload (429) and server errors (5xx), and
 # item failures that are the index's, not the document's (BulkItemsUnavailable).
 INDEX_UNAVAILABLE_STATUSES = frozenset({404, 429})
-# A batch's documents go out as up to BULK_PARTS bulk requests in flight at once (parts of at
-# least MIN_PART documents): Elasticsearch works on one while the next is sent, instead of
-# idling between the indexer's bulks. The batch is folded to one document per blog first, so no
-# blog is in two parts (per-blog order holds), and the handler returns, so the batch is
-# committed, only once every part is acknowledged.
-BULK_PARTS = 2
-MIN_PART = 100
-
-
-def parts_of(documents: Sequence[Any], parts: int = BULK_PARTS) -> list[Sequence[Any]]:
-    """Contiguous, nearly equal slices, each of at least MIN_PART items (one if too few)."""
-    count = max(1, min(parts, len(documents) // MIN_PART))
-    size = -(-len(documents) // count)
-    return [documents[i : i + size] for i in range(0, len(documents), size)]
 
 
 def es_failure_is_transient(exc: BaseException) -> bool:
@@ -55,17 +38,6 @@ def es_failure_is_transient(exc: BaseException) -> bool:
 IS_TRANSIENT = transient_errors(TransportError, BulkItemsUnavailable, when=es_failure_is_transient)
 
 
-def merged(outcomes: Sequence[BulkOutcome]) -> BulkOutcome:
-    rejected: dict[str, str] = {}
-    for outcome in outcomes:
-        rejected.update(outcome.rejected)
-    return BulkOutcome(
-        written_ids=tuple(i for outcome in outcomes for i in outcome.written_ids),
-        already_applied=sum(outcome.already_applied for outcome in outcomes),
-        rejected=rejected,
-    )
-
-
 def make_batch_handler(es: AsyncElasticsearch, alias: str) -> BatchHandler[FastEnvelope]:
     async def handle_batch(batch: Sequence[ConsumedEvent[FastEnvelope]]) -> None:
         newest = fold_latest(consumed.envelope.payload for consumed in batch)
@@ -77,26 +49,15 @@ def make_batch_handler(es: AsyncElasticsearch, alias: str) -> BatchHandler[FastE
         # refresh per batch would cost far more than it buys.
         # filter_path: only what check_bulk_response reads, so the response parses in a
         # fraction of the time (a bulk answer repeats index, shards, seq_no... per item).
-        responses = await asyncio.gather(
-            *(
-                es.bulk(
-                    operations=bulk_operations(alias, part),
-                    refresh=False,
-                    require_alias=True,
-                    filter_path=BULK_RESPONSE_FIELDS,
-                )
-                for part in parts_of(newest)
-            ),
-            return_exceptions=True,  # every part settles before the batch fails or returns
+        response = await es.bulk(
+            operations=bulk_operations(alias, newest),
+            refresh=False,
+            require_alias=True,
+            filter_path=BULK_RESPONSE_FIELDS,
         )
-        for response in responses:
-            if isinstance(response, BaseException):
-                raise response
         # Items failing for the index's sake (429, 5xx, a write block) raise: the consumer
         # retries the whole batch (idempotent by versions) and commits nothing meanwhile.
-        outcome = merged(
-            [check_bulk_response(r.body) for r in responses if not isinstance(r, BaseException)]
-        )
+        outcome = check_bulk_response(response.body)
         tombstone_ids = {str(e.blog_id) for e in newest if isinstance(e, DELETED)}
         tombstones = sum(1 for blog_id in outcome.written_ids if blog_id in tombstone_ids)
         DOCUMENTS_WRITTEN.labels(kind="tombstone").inc(tombstones)

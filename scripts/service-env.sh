@@ -1,8 +1,9 @@
 # Maps the stack's addresses (BLOG_*, from .state/stack.env) to each service's own settings,
 # unless they are already set. Sourced by run-services.sh and create-author.sh.
-: "${PUBLISHER_DATABASE_URL:=$BLOG_POSTGRES_DSN}"
+# Each PostgreSQL user connects as its own role (BLOG_<SVC>_DSN), owner of its schema only.
+: "${PUBLISHER_DATABASE_URL:=${BLOG_PUBLISHER_DSN:-$BLOG_POSTGRES_DSN}}"
 : "${PUBLISHER_KAFKA_BOOTSTRAP_SERVERS:=$BLOG_KAFKA_BOOTSTRAP}"
-: "${COUNTER_DATABASE_URL:=$BLOG_POSTGRES_DSN}"
+: "${COUNTER_DATABASE_URL:=${BLOG_COUNTER_DSN:-$BLOG_POSTGRES_DSN}}"
 : "${COUNTER_KAFKA_BOOTSTRAP_SERVERS:=$BLOG_KAFKA_BOOTSTRAP}"
 : "${INDEXER_ES_URL:=$BLOG_ES_URL}"
 : "${INDEXER_KAFKA_BOOTSTRAP_SERVERS:=$BLOG_KAFKA_BOOTSTRAP}"

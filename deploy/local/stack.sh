@@ -329,7 +329,11 @@ pg_up() {
   [ -x "$PG_BIN/postgres" ] || die "PostgreSQL server binaries not found in $PG_BIN (Debian: apt-get install postgresql-15)"
   mkdir -p "$dir/run" "$STATE_DIR/secrets"
   chmod 700 "$STATE_DIR/secrets"
-  if pid_alive "$pidfile" postgres; then log "postgres already running (pid $(cat "$pidfile"))"; return; fi
+  if pid_alive "$pidfile" postgres; then
+    log "postgres already running (pid $(cat "$pidfile"))"
+    pg_service_roles  # a stack started before the roles existed gets them now
+    return
+  fi
   if [ ! -s "$STATE_DIR/secrets/pg_password" ]; then
     # Generated locally, never committed: the services read it from settings (DATABASE_URL).
     head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$STATE_DIR/secrets/pg_password"
@@ -363,6 +367,48 @@ SELECT format('ALTER ROLE %I PASSWORD %L', :'user', :'pw') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'user')
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
 SQL
+  pg_service_roles
+}
+
+# One login role per service owning only its schema (like deploy/k8s/platform/postgres.yaml):
+# the counter cannot read `publisher.*`, the publisher cannot write `counter.*`. The platform
+# role is a member of each, so it (tests, tooling) can create a schema owned by a service role in
+# a fresh database. A schema an older stack created owned by the platform role is handed over
+# with its tables, views and free-standing sequences.
+pg_service_roles() {
+  local svc password
+  for svc in $PG_SERVICE_ROLES; do
+    if [ ! -s "$STATE_DIR/secrets/pg_${svc}_password" ]; then
+      head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$STATE_DIR/secrets/pg_${svc}_password"
+    fi
+    password="$(cat "$STATE_DIR/secrets/pg_${svc}_password")"
+    runuser -u postgres -- "$PG_BIN/psql" -h "$STATE_DIR/pg/run" -p "$PG_PORT" -U postgres -d "$PG_DATABASE" -qtA \
+      -v ON_ERROR_STOP=1 -v role="$svc" -v pw="$password" -v db="$PG_DATABASE" -v admin="$PG_USER" >/dev/null <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN NOINHERIT PASSWORD %L', :'role', :'pw')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
+SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'role', :'pw') \gexec
+SELECT format('GRANT %I TO %I', :'role', :'admin') \gexec
+SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', :'db') \gexec
+SELECT format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I', :'db', :'role') \gexec
+SELECT format('CREATE SCHEMA %I AUTHORIZATION %I', :'role', :'role')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :'role') \gexec
+SELECT format('ALTER SCHEMA %I OWNER TO %I', :'role', :'role') \gexec
+SELECT format('ALTER %s %I.%I OWNER TO %I',
+              CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                             WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+              n.nspname, c.relname, :'role')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = :'role' AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+   AND pg_get_userbyid(c.relowner) <> :'role'
+   -- A sequence owned by a column moves with its table.
+   AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid
+            AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))) \gexec
+SQL
+  done
+}
+
+pg_service_dsn() { # service
+  echo "postgresql://$1:$(cat "$STATE_DIR/secrets/pg_${1}_password")@127.0.0.1:$PG_PORT/$PG_DATABASE"
 }
 
 pg_dsn() { echo "postgresql://$PG_USER:$(cat "$STATE_DIR/secrets/pg_password")@127.0.0.1:$PG_PORT/$PG_DATABASE"; }
@@ -412,6 +458,9 @@ write_env() {
   cat >"$STATE_DIR/stack.env" <<EOF
 BLOG_KAFKA_BOOTSTRAP=$(kafka_bootstrap)
 BLOG_POSTGRES_DSN=$(pg_dsn)
+# Each service's own role (owner of its schema only); BLOG_POSTGRES_DSN is the platform's admin.
+BLOG_PUBLISHER_DSN=$(pg_service_dsn publisher)
+BLOG_COUNTER_DSN=$(pg_service_dsn counter)
 BLOG_ES_URL=http://127.0.0.1:$ES_PORT
 # What this stack was started with, so stack.sh stop|start|kill from its env finds the same nodes.
 KAFKA_NODES=$KAFKA_NODES

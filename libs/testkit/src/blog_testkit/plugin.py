@@ -83,6 +83,29 @@ async def create_database(admin_dsn: str, prefix: str = "test_") -> tuple[str, s
     return name, with_database(admin_dsn, name)
 
 
+async def create_service_database(
+    admin_dsn: str, service_dsns: Mapping[str, str], prefix: str = "test_"
+) -> tuple[str, str, dict[str, str]]:
+    """A fresh database laid out like the stack's `blog` database: each service's schema created
+    owned by its own role, nothing else. Returns (name, its admin DSN, service -> DSN of its role
+    there). Without service roles (a container stack) every service gets the admin DSN."""
+    name, admin_url = await create_database(admin_dsn, prefix)
+    if not service_dsns:
+        return name, admin_url, dict.fromkeys(("publisher", "counter"), admin_url)
+    roles = {svc: urlsplit(dsn).username or svc for svc, dsn in service_dsns.items()}
+    admin = await asyncpg.connect(admin_url)
+    try:
+        # Names from the stack's own env (role = service name); identifiers are quoted.
+        for service, role in roles.items():
+            await admin.execute(f'CREATE SCHEMA "{service}" AUTHORIZATION "{role}"')
+        await admin.execute(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC')
+        grantees = ", ".join(f'"{role}"' for role in roles.values())
+        await admin.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{name}" TO {grantees}')
+    finally:
+        await admin.close()
+    return name, admin_url, {svc: with_database(dsn, name) for svc, dsn in service_dsns.items()}
+
+
 async def drop_database(admin_dsn: str, name: str) -> None:
     """Drop it, cutting connections still open. A superuser process on it (an autovacuum
     worker) cannot be cut by the platform's role, so that case is retried until it is gone."""
@@ -105,6 +128,15 @@ async def database_url(stack: Stack) -> AsyncIterator[str]:
     """A fresh, empty database, dropped after the test (connections still open are cut)."""
     name, url = await create_database(stack.postgres_dsn)
     yield url
+    await drop_database(stack.postgres_dsn, name)
+
+
+@pytest_asyncio.fixture
+async def service_database_urls(stack: Stack) -> AsyncIterator[dict[str, str]]:
+    """A fresh database with each service's schema owned by its own role (as `make up` sets up
+    the `blog` database): service -> DSN of that role. Dropped after the test."""
+    name, _, urls = await create_service_database(stack.postgres_dsn, stack.service_dsns)
+    yield urls
     await drop_database(stack.postgres_dsn, name)
 
 

@@ -120,11 +120,13 @@ N ?= 2000
 chaos: up ## kill -9 services (and, with KAFKA_NODES=3, brokers) and restart Kafka under load, then check exactly-once (make chaos N=2000)
 	$(STACK_ENV); $(UV) run --frozen --no-sync python -m tests.chaos.chaos_run --writes $(N)
 
-# Every group's dead-letter topic by default: a record both groups dead-lettered goes back once.
-DLQ ?= blog-events.counter.dlq,blog-events.indexer.dlq
+# Each group's redrive moves its own dead letters to its own retry topic, which no other group
+# reads (SERVICE=counter or indexer: that group only; default both).
+REDRIVE_SERVICES = $(or $(SERVICE),counter indexer)
 .PHONY: redrive
-redrive: up ## re-publish dead letters to their source topic after a fix (DLQ=blog-events.counter.dlq ARGS=--dry-run)
-	$(STACK_ENV); $(UV) run --frozen --no-sync python -m service_kit.redrive --bootstrap "$$BLOG_KAFKA_BOOTSTRAP" --dlq-topic $(DLQ) $(ARGS)
+redrive: up ## after a fix, put a group's dead letters back to that group only (SERVICE=counter ARGS="--dry-run --max-attempts 3")
+	$(STACK_ENV); . scripts/service-env.sh; for svc in $(REDRIVE_SERVICES); do \
+		$(UV) run --frozen --no-sync python -m $$svc redrive $(ARGS) || exit $$?; done
 
 SIZE ?= full
 .PHONY: bench

@@ -9,7 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings
 
 from service_kit.consumer import ConsumerConfig
-from service_kit.topics import dead_letter_topic
+from service_kit.topics import dead_letter_topic, retry_topic
 
 
 class ConsumerGroupSettings(BaseSettings):
@@ -24,6 +24,8 @@ class ConsumerGroupSettings(BaseSettings):
     # A record failing in the handler for a reason of its own (not an outage) is tried this many
     # times alone, then dead-lettered.
     record_attempts: int = Field(default=3, ge=1, le=100)
+    # The group's redrive (`python -m <svc> redrive`) keeps a record redriven this many times.
+    redrive_max_attempts: int = Field(default=3, ge=1, le=100)
     log_level: str = "INFO"
     # text (default) or json (one object per line); unset: the shared LOG_FORMAT, else text.
     log_format: Literal["text", "json"] | None = None
@@ -33,12 +35,18 @@ class ConsumerGroupSettings(BaseSettings):
         """This group's own dead-letter topic, declared in the service's topics file."""
         return dead_letter_topic(self.topic, self.group_id)
 
+    @property
+    def retry_topic(self) -> str:
+        """This group's own retry topic (its redrive's destination), declared beside its DLQ."""
+        return retry_topic(self.topic, self.group_id)
+
     def consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
             bootstrap_servers=self.kafka_bootstrap_servers,
             topic=self.topic,
             group_id=self.group_id,
             dlq_topic=self.dlq_topic,
+            retry_topic=self.retry_topic,
             max_batch=self.max_batch,
             record_attempts=self.record_attempts,
             metadata_max_age_ms=self.kafka_metadata_max_age_ms,

@@ -57,6 +57,12 @@ def dead_letter_topic(source_topic: str, group: str) -> str:
     return f"{source_topic}.{group}.dlq"
 
 
+def retry_topic(source_topic: str, group: str) -> str:
+    """Where the redrive puts one group's dead letters back: `<source>.<group>.retry`, owned by
+    that group and read by it alone beside the source topic, so no other group sees them again."""
+    return f"{source_topic}.{group}.retry"
+
+
 class TopicSpec(BaseModel):
     """One declared topic, as written in a topics file."""
 

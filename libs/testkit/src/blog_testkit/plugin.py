@@ -25,7 +25,7 @@ from blog_testkit.processes import ServiceProcess, free_port
 from blog_testkit.stack import Stack, StackUnavailable, resolve_stack
 from blog_testkit.waiting import wait_until
 from service_kit.kafka_admin import admin_client
-from service_kit.topics import dead_letter_topic, reconcile, topic_specs
+from service_kit.topics import dead_letter_topic, reconcile, retry_topic, topic_specs
 
 TEST_TOPIC_PARTITIONS = 6
 
@@ -147,20 +147,28 @@ async def create_topic(
     *,
     groups: Iterable[str] = (),
 ) -> None:
-    """The topic, and the dead-letter topic of each consumer group in `groups`
-    (`<name>.<group>.dlq`), through the same code as `topics apply`: replication and
-    min.insync.replicas `auto`, so a 3-node stack gets 3 copies and min ISR 2, like production."""
-    names = [name, *(dead_letter_topic(name, group) for group in groups)]
+    """The topic, and the dead-letter and retry topics of each consumer group in `groups`
+    (`<name>.<group>.dlq`, `<name>.<group>.retry`), through the same code as `topics apply`:
+    replication and min.insync.replicas `auto`, so a 3-node stack gets 3 copies and min ISR 2,
+    like production."""
+    names = [name, *(t for group in groups for t in group_topics(name, group))]
     await reconcile(bootstrap, topic_specs(names, partitions))
+
+
+def group_topics(topic: str, group: str) -> list[str]:
+    """What a consumer group of `topic` declares in its topics file: its DLQ and retry topic."""
+    return [dead_letter_topic(topic, group), retry_topic(topic, group)]
 
 
 async def create_dead_letter_topics(
     bootstrap: str, topic: str, groups: Iterable[str], partitions: int = TEST_TOPIC_PARTITIONS
 ) -> list[str]:
-    """The dead-letter topics of `groups` on `topic` (consumers wait for theirs); their names."""
-    names = [dead_letter_topic(topic, group) for group in groups]
+    """The dead-letter and retry topics of `groups` on `topic` (consumers wait for theirs); the
+    dead-letter topics' names."""
+    groups = list(groups)
+    names = [t for group in groups for t in group_topics(topic, group)]
     await reconcile(bootstrap, topic_specs(names, partitions))
-    return names
+    return [dead_letter_topic(topic, group) for group in groups]
 
 
 async def delete_topic(bootstrap: str, name: str) -> None:
@@ -192,7 +200,7 @@ async def delete_indices(es_url: str, prefix: str) -> None:
 async def topic(stack: Stack) -> AsyncIterator[str]:
     """A fresh topic with 6 partitions, deleted after the test with every `<topic>.*` topic.
     Derive consumer group ids from it so tests never share groups either; a consumer group
-    needs its dead-letter topic too (`create_dead_letter_topics`)."""
+    needs its dead-letter and retry topics too (`create_dead_letter_topics`)."""
     name = unique_name("test-")
     await create_topic(stack.kafka_bootstrap, name)
     yield name

@@ -116,7 +116,7 @@ class BatchConsumer(Generic[E]):
         try:
             await consumer.start()
             consumer.subscribe(
-                [config.topic], listener=BatchLockListener(config.group_id, self._on_revoke)
+                config.topics, listener=BatchLockListener(config.group_id, self._on_revoke)
             )
         except BaseException:
             await dead_letters.stop()
@@ -125,7 +125,7 @@ class BatchConsumer(Generic[E]):
             raise
         self._dead_letters = dead_letters
         self._consumer = consumer
-        log.info("consumer group %s subscribed to %s", config.group_id, config.topic)
+        log.info("consumer group %s subscribed to %s", config.group_id, ", ".join(config.topics))
 
     async def run(self) -> None:
         """Poll, process and commit until stop(); starts the clients if start() was not called."""

@@ -69,10 +69,17 @@ clean: down ## stop the stack and wipe its state (data, logs, downloads copied f
 run: up ## run the whole system in the foreground (Ctrl-C stops the services)
 	$(STACK_ENV); scripts/run-services.sh
 
-test: up helm ## the whole suite (unit, integration, e2e) against the real stack
+# SERVICE=counter (publisher, indexer, lagmon): only that team's own tests (services/<svc>/tests).
+SERVICES := publisher counter indexer lagmon
+TEST_PATHS = $(if $(SERVICE),services/$(SERVICE)/tests)
+.PHONY: check-service
+check-service:
+	@[ -z "$(SERVICE)" ] || [ -d "services/$(SERVICE)/tests" ] || { echo "SERVICE must be one of: $(SERVICES) (got '$(SERVICE)')" >&2; exit 2; }
+
+test: check-service up helm ## the whole suite (unit, integration, e2e) against the real stack; SERVICE=counter: one team's tests
 	scripts/ensure-chromium.sh
 	scripts/ensure-promtool.sh
-	$(STACK_ENV); $(PYTEST) $(ARGS)
+	$(STACK_ENV); $(PYTEST) $(TEST_PATHS) $(ARGS)
 
 test-unit: install helm ## fast tests that need no server
 	$(PYTEST) -m "not integration and not e2e" $(ARGS)

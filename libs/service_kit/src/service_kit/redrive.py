@@ -44,6 +44,7 @@ from aiokafka.errors import UnknownTopicOrPartitionError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from service_kit.consumer import DLQ_HEADER_PREFIX
+from service_kit.kafka_clients import client_options as kafka_client_options
 from service_kit.settings import ConsumerGroupSettings
 from service_kit.topics import dead_letter_topic, retry_topic
 
@@ -206,7 +207,8 @@ async def redrive(
     client_options: Mapping[str, Any] | None = None,
 ) -> RedriveReport:
     """Move the dead letters of `dlq_topic` not yet committed by `group` to `retry_topic` (see
-    module doc). `client_options`: extra keyword arguments of every Kafka client (security)."""
+    module doc). `client_options`: the clients' security options (default: this process's,
+    `service_kit.kafka_clients`)."""
     if dlq_topic == retry_topic:
         raise ValueError(f"redrive: {dlq_topic} cannot feed itself")
     report = RedriveReport(
@@ -216,7 +218,7 @@ async def redrive(
         dry_run=dry_run,
         max_attempts=max_attempts,
     )
-    options = dict(client_options or {})
+    options = kafka_client_options() if client_options is None else dict(client_options)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group,

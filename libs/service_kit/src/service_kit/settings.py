@@ -5,14 +5,35 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 
 from service_kit.consumer import ConsumerConfig
+from service_kit.kafka_clients import KafkaSecurity, SaslMechanism, SecurityProtocol
 from service_kit.topics import dead_letter_topic, retry_topic
 
 
-class ConsumerGroupSettings(BaseSettings):
+class KafkaClientSettings(BaseSettings):
+    """How the service logs in to Kafka (its own user: deploy/k8s/platform/kafka-users.yaml);
+    the entry point hands `kafka_security()` to `service_kit.kafka_clients.configure`."""
+
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+
+    def kafka_security(self) -> KafkaSecurity:
+        return KafkaSecurity(
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+        )
+
+
+class ConsumerGroupSettings(KafkaClientSettings):
     # Comma-separated brokers (`host:port,host:port,...`): any live one is enough to connect.
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
     topic: str = Field(min_length=1)  # each service sets its own default

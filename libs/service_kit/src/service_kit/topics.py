@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError, for_code
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service_kit.kafka_admin import NO_ERROR, UNKNOWN_TOPIC, wait_until_led
+from service_kit.kafka_clients import client_options
 
 AUTO: Literal["auto"] = "auto"
 MIN_INSYNC = "min.insync.replicas"
@@ -505,6 +506,7 @@ async def reconcile(
         bootstrap_servers=bootstrap,
         request_timeout_ms=request_timeout_ms,
         client_id="topics-apply",
+        **client_options(),
     )
     await admin.start()
     try:

@@ -24,6 +24,7 @@ from blog_testkit.cluster import (
 from blog_testkit.processes import ServiceProcess, free_port
 from blog_testkit.stack import Stack, StackUnavailable, resolve_stack
 from blog_testkit.waiting import wait_until
+from service_kit import kafka_clients
 from service_kit.kafka_admin import admin_client
 from service_kit.topics import dead_letter_topic, reconcile, retry_topic, topic_specs
 
@@ -48,6 +49,8 @@ def stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
             resolved = exit_stack.enter_context(resolve_stack(pytestconfig.rootpath, os.environ))
         except StackUnavailable as exc:
             pytest.fail(str(exc), pytrace=False)
+        # Every Kafka client the tests build logs in like the stack says (no-op in plaintext).
+        kafka_clients.configure(resolved.kafka_security)
         yield resolved
 
 

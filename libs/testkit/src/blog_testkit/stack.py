@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from service_kit.kafka_clients import KafkaSecurity, stack_security
+
 ENV_KAFKA = "BLOG_KAFKA_BOOTSTRAP"
 ENV_POSTGRES = "BLOG_POSTGRES_DSN"
 ENV_ES = "BLOG_ES_URL"
@@ -53,6 +55,8 @@ class Stack:
     kafka_nodes: int = 1
     # service -> DSN of its own role (owner of the schema of that name only); passwords inside.
     service_dsns: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # How the tests' own Kafka clients log in (the stack's admin user in KAFKA_AUTH=scram mode).
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity, repr=False)
 
 
 def service_dsns(values: Mapping[str, str]) -> dict[str, str]:
@@ -75,6 +79,7 @@ def stack_from_mapping(values: Mapping[str, str], origin: str) -> Stack | None:
         es_url=present[ENV_ES].rstrip("/"),
         kafka_nodes=int(nodes) if nodes.isdigit() else len(present[ENV_KAFKA].split(",")),
         service_dsns=service_dsns(values),
+        kafka_security=stack_security(values),
     )
 
 

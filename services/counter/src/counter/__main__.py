@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from blog_events import Envelope
 from counter.app import create_app, migrate
 from counter.settings import Settings
+from service_kit import kafka_clients
 from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
 from service_kit.redrive import redrive_command
@@ -55,6 +56,8 @@ def main(
         print(f"counter: invalid configuration (COUNTER_* environment):\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    # Every Kafka client of this process logs in as this service's own user.
+    kafka_clients.configure(settings.kafka_security())
     if args.command == "redrive":
         return redrive_command(rest, settings, "python -m counter")
     if args.command == "migrate":

@@ -17,6 +17,7 @@ from blog_events import Envelope
 from indexer.app import create_app
 from indexer.index import ensure_index
 from indexer.settings import IndexerSettings
+from service_kit import kafka_clients
 from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
 from service_kit.redrive import redrive_command
@@ -53,6 +54,8 @@ def main(
         print(f"indexer: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    # Every Kafka client of this process logs in as this service's own user.
+    kafka_clients.configure(settings.kafka_security())
     if argv == ["migrate"]:
         asyncio.run(_migrate(settings))
         return 0

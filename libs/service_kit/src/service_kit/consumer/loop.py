@@ -43,6 +43,7 @@ from service_kit.consumer.records import (
     Record,
     decode_in_slices,
 )
+from service_kit.kafka_clients import client_options
 from service_kit.logs import bind_log_fields
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class BatchConsumer(Generic[E]):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=config.metadata_max_age_ms,
+            **client_options(),
         )
         await dead_letters.start()
         try:

@@ -95,6 +95,12 @@ test-cluster: install ## broker loss under load on a 3-node Kafka (marker `clust
 	KAFKA_NODES=$${KAFKA_NODES:-3} $(MAKE) --no-print-directory up
 	$(STACK_ENV); BLOG_REQUIRE_CLUSTER=1 $(PYTEST) -m cluster $(ARGS)
 
+# KAFKA_AUTH=scram: its own Kafka state (one node); with a plaintext stack running, `make down` first.
+.PHONY: test-acl
+test-acl: install ## Kafka least privilege: each service's own SCRAM user and ACLs (marker acl; starts KAFKA_AUTH=scram if needed)
+	KAFKA_AUTH=scram $(MAKE) --no-print-directory up
+	$(STACK_ENV); BLOG_REQUIRE_ACL=1 $(PYTEST) -m acl -v -s $(ARGS)
+
 lint: install alerts ## ruff + mypy strict + schema drift check + alert rules (promtool) + the charts' and deploy/k8s's checks
 	$(UV) run --frozen --no-sync ruff check .
 	$(UV) run --frozen --no-sync ruff format --check .

@@ -21,11 +21,7 @@ from typing import Any
 
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.protocol.admin import (
-    CreateAclsRequest_v1,
-    DeleteAclsRequest_v1,
-    DescribeAclsRequest_v1,
-)
+from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest
 
 from service_kit.kafka_clients import client_options
 
@@ -88,8 +84,14 @@ async def _send(admin: AIOKafkaAdminClient, request: Any) -> Any:
 async def current_acls(admin: AIOKafkaAdminClient, principal: str) -> set[Acl]:
     response = await _send(
         admin,
-        DescribeAclsRequest_v1(
-            RESOURCE_ANY, None, PATTERN_ANY, principal, None, OPERATION_ANY, PERMISSION_ANY
+        DescribeAclsRequest(
+            RESOURCE_ANY,
+            None,  # a null filter: any name
+            PATTERN_ANY,
+            principal,
+            None,  # any host
+            OPERATION_ANY,
+            PERMISSION_ANY,
         ),
     )
     if response.error_code:
@@ -111,43 +113,22 @@ async def apply(bootstrap: str) -> int:
             principal = f"User:{user}"
             have = await current_acls(admin, principal)
             missing, extra = wanted - have, have - wanted
-            if missing:
+            # One request per ACL: aiokafka's request builders take one entry each.
+            for rtype, name, op in sorted(missing):
                 response = await _send(
                     admin,
-                    CreateAclsRequest_v1(
-                        [
-                            (
-                                rtype,
-                                name,
-                                PATTERN_LITERAL,
-                                principal,
-                                ANY_HOST,
-                                op,
-                                PERMISSION_ALLOW,
-                            )
-                            for rtype, name, op in sorted(missing)
-                        ]
+                    CreateAclsRequest(
+                        rtype, name, PATTERN_LITERAL, principal, ANY_HOST, op, PERMISSION_ALLOW
                     ),
                 )
                 errors = [e for e in response.creation_responses if e[0]]
                 if errors:
-                    raise SystemExit(f"CreateAcls {principal}: {errors}")
-            if extra:
-                response = await _send(
+                    raise SystemExit(f"CreateAcls {principal} {(rtype, name, op)}: {errors}")
+            for rtype, name, op in sorted(extra):
+                await _send(
                     admin,
-                    DeleteAclsRequest_v1(
-                        [
-                            (
-                                rtype,
-                                name,
-                                PATTERN_LITERAL,
-                                principal,
-                                ANY_HOST,
-                                op,
-                                PERMISSION_ALLOW,
-                            )
-                            for rtype, name, op in sorted(extra)
-                        ]
+                    DeleteAclsRequest(
+                        rtype, name, PATTERN_LITERAL, principal, ANY_HOST, op, PERMISSION_ALLOW
                     ),
                 )
             print(

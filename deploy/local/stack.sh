@@ -485,6 +485,7 @@ pg_service_roles() {
     password="$(cat "$STATE_DIR/secrets/pg_${svc}_password")"
     runuser -u postgres -- "$PG_BIN/psql" -h "$STATE_DIR/pg/run" -p "$PG_PORT" -U postgres -d "$PG_DATABASE" -qtA \
       -v ON_ERROR_STOP=1 -v role="$svc" -v pw="$password" -v db="$PG_DATABASE" -v admin="$PG_USER" >/dev/null <<'SQL'
+SET client_min_messages = warning;
 SELECT format('CREATE ROLE %I LOGIN NOINHERIT PASSWORD %L', :'role', :'pw')
   WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
 SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'role', :'pw') \gexec

@@ -124,7 +124,7 @@ author: up ## create an author and print its API token: make author NAME=alice
 	$(STACK_ENV); scripts/create-author.sh "$(NAME)"
 
 lag: up ## consumer lag per group and partition, refreshed every 5 s (ARGS=--json for JSON)
-	$(STACK_ENV); LAGMON_KAFKA_BOOTSTRAP_SERVERS=$$BLOG_KAFKA_BOOTSTRAP $(UV) run --frozen --no-sync python -m lagmon status --watch 5 $(ARGS)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m lagmon status --watch 5 $(ARGS)
 
 bench-pipeline: up ## POST latency and POST->counted / POST->searchable, p50/p99 (ARGS="--posts 300 --rate 30")
 	$(STACK_ENV); $(UV) run --frozen --no-sync python bench/pipeline_latency.py $(ARGS)

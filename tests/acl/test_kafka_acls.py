@@ -7,21 +7,24 @@ credentials, on the production topic and group names (the ACLs name them)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
 from pydantic import SecretStr
 
 from blog_events import TOPIC
 from blog_testkit import ServiceProcess, Stack, wait_until
-from service_kit.kafka_clients import KafkaSecurity
+from service_kit.kafka_clients import KafkaSecurity, client_options
 
 # integration too: `make test-unit` (no stack) leaves them out.
 pytestmark = [pytest.mark.acl, pytest.mark.integration]
@@ -59,6 +62,30 @@ def service_env(stack: Stack, service: str) -> dict[str, str]:
         f"{prefix}_KAFKA_SASL_USERNAME": service,
         f"{prefix}_KAFKA_SASL_PASSWORD": security.sasl_password.get_secret_value(),
     }
+
+
+def kafka_acls_module() -> Any:
+    """deploy/local/kafka_acls.py, the script `make up` applies the manifests with."""
+    path = Path(__file__).resolve().parents[2] / "deploy" / "local" / "kafka_acls.py"
+    spec = importlib.util.spec_from_file_location("kafka_acls", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_each_users_acls_are_exactly_its_kafkauser_manifests(stack: Stack) -> None:
+    user_security(stack, "counter")  # skips on a plaintext stack
+    acls = kafka_acls_module()
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap, **client_options())
+    await admin.start()
+    try:
+        for user, wanted in acls.users().items():
+            assert await acls.current_acls(admin, f"User:{user}") == wanted, user
+            print(f"\nUser:{user}: {len(wanted)} ACL(s), as in kafka-users.yaml")
+    finally:
+        await admin.close()
 
 
 async def test_the_counters_user_cannot_write_blog_events(stack: Stack) -> None:

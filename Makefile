@@ -20,8 +20,9 @@ STACK_ENV = set -a; . .state/stack.env; set +a
 
 .PHONY: help install up down status clean run test test-unit test-integration test-e2e test-cluster topics lint fmt schemas author lag bench-pipeline chaos alerts
 
-# Each team applies the topics it owns (services/<svc>/topics.yaml) through its own CLI.
-TOPIC_OWNERS := publisher counter indexer
+# Each team applies the topics it owns (services/<svc>/topics.yaml) through its own CLI; a
+# service made by `make new-consumer` is one of them as soon as it exists.
+TOPIC_OWNERS := publisher $(filter-out publisher,$(patsubst services/%/topics.yaml,%,$(wildcard services/*/topics.yaml)))
 APPLY_TOPICS = $(STACK_ENV); for svc in $(TOPIC_OWNERS); do \
 	$(UV) run --frozen --no-sync python -m $$svc topics apply $(1) || exit $$?; done
 
@@ -130,3 +131,9 @@ SIZE ?= full
 .PHONY: bench
 bench: up ## the five speed measures beside their references, table + bench/results/bench.json (SIZE=small|medium|full, ARGS=--profile)
 	$(STACK_ENV); $(UV) run --frozen --no-sync python -m bench.run --size $(SIZE) $(ARGS)
+
+.PHONY: new-consumer
+new-consumer: install ## a new consumer group service from templates/consumer/: make new-consumer NAME=tagtrends
+	@test -n "$(NAME)" || { echo "usage: make new-consumer NAME=<lowercase name>" >&2; exit 2; }
+	$(UV) run --frozen --no-sync python scripts/new_consumer.py "$(NAME)" $(ARGS)
+	$(UV) sync --frozen --all-packages && touch .venv/.synced

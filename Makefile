@@ -14,6 +14,8 @@ PYTEST := $(UV) run --frozen --no-sync pytest
 PROMTOOL := $(TOOLS)/bin/promtool
 ALERT_RULES := deploy/prometheus/lagmon-alerts.yml
 ALERT_RULE_TESTS := deploy/prometheus/lagmon-alerts.test.yml
+# @asyncapi/parser (validates docs/asyncapi.yaml), pinned by scripts/asyncapi/package-lock.json.
+ASYNCAPI_PARSER := $(TOOLS)/asyncapi/.installed
 STACK := deploy/local/stack.sh
 # `make test` exports the stack's addresses (written by `make up`) to the tests.
 STACK_ENV = set -a; . .state/stack.env; set +a
@@ -70,12 +72,12 @@ clean: down ## stop the stack and wipe its state (data, logs, downloads copied f
 run: up ## run the whole system in the foreground (Ctrl-C stops the services)
 	$(STACK_ENV); scripts/run-services.sh
 
-test: up helm ## the whole suite (unit, integration, e2e) against the real stack
+test: up helm $(ASYNCAPI_PARSER) ## the whole suite (unit, integration, e2e) against the real stack
 	scripts/ensure-chromium.sh
 	scripts/ensure-promtool.sh
 	$(STACK_ENV); $(PYTEST) $(ARGS)
 
-test-unit: install helm ## fast tests that need no server
+test-unit: install helm $(ASYNCAPI_PARSER) ## fast tests that need no server
 	$(PYTEST) -m "not integration and not e2e" $(ARGS)
 
 test-integration: up ## tests against the real Kafka / PostgreSQL / Elasticsearch
@@ -94,6 +96,7 @@ lint: install alerts ## ruff + mypy strict + schema drift check + alert rules (p
 	$(UV) run --frozen --no-sync ruff format --check .
 	$(UV) run --frozen --no-sync mypy libs services tests bench deploy/k8s
 	$(UV) run --frozen --no-sync python -m blog_events.schemas --check
+	$(MAKE) --no-print-directory lint-asyncapi
 	$(MAKE) --no-print-directory lint-k8s
 
 alerts: ## promtool: check the alert rules and run their unit tests (installs promtool into .tools/)
@@ -137,3 +140,18 @@ new-consumer: install ## a new consumer group service from templates/consumer/: 
 	@test -n "$(NAME)" || { echo "usage: make new-consumer NAME=<lowercase name>" >&2; exit 2; }
 	$(UV) run --frozen --no-sync python scripts/new_consumer.py "$(NAME)" $(ARGS)
 	$(UV) sync --frozen --all-packages && touch .venv/.synced
+
+$(ASYNCAPI_PARSER): scripts/asyncapi/package.json scripts/asyncapi/package-lock.json
+	mkdir -p $(TOOLS)/asyncapi
+	cp scripts/asyncapi/package.json scripts/asyncapi/package-lock.json $(TOOLS)/asyncapi/
+	cd $(TOOLS)/asyncapi && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+.PHONY: asyncapi asyncapi-parser lint-asyncapi
+asyncapi-parser: $(ASYNCAPI_PARSER) ## install the pinned @asyncapi/parser into .tools (npm ci; Node 20)
+
+asyncapi: install $(ASYNCAPI_PARSER) ## regenerate docs/asyncapi.yaml from the JSON Schemas and the topics files, and validate it
+	$(UV) run --frozen --no-sync python scripts/asyncapi/generate.py --validate
+
+lint-asyncapi: install $(ASYNCAPI_PARSER) ## docs/asyncapi.yaml current, and valid by @asyncapi/parser's diagnostics
+	$(UV) run --frozen --no-sync python scripts/asyncapi/generate.py --check --validate

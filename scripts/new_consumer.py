@@ -5,7 +5,7 @@ live blogs per tag in its own PostgreSQL schema, an app with /healthz /readyz /m
 migrations, unit/integration/chart tests, Dockerfile, Helm chart, topics.yaml with the group's
 dead-letter topic `blog-events.<name>.dlq`), registers it in the uv workspace (root
 pyproject.toml: dependency, source, mypy path; `uv lock`), formats it with the repo's ruff and
-regenerates deploy/k8s's KafkaTopics from the topics files.
+regenerates what derives from the topics files (deploy/k8s's KafkaTopics, docs/asyncapi.yaml).
 
 Plain substitution, no template engine: `@@name@@`, `@@NAME@@` and `@@port@@` in file contents
 and paths; a `.tmpl` suffix (kept on Python and pyproject files so the repo's linters and uv
@@ -156,6 +156,8 @@ def generate(repo: Path, name: str, port: int | None) -> Path:
     run(repo, ruff, "format", "--quiet", str(target))
     run(repo, tool(repo, "uv"), "lock", "--quiet")
     run(repo, sys.executable, "deploy/k8s/generate.py")
+    # The new group's receive operation and DLQ channel in the AsyncAPI document.
+    run(repo, sys.executable, "scripts/asyncapi/generate.py")
     return target
 
 

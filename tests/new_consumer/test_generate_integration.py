@@ -90,6 +90,11 @@ def test_it_is_registered_and_passes_the_repos_lint(generated: Path) -> None:
     check([sys.executable, "deploy/k8s/generate.py", "--check"], generated)
     topics = (generated / "deploy/k8s/platform/kafka-topics.yaml").read_text(encoding="utf-8")
     assert f"blog-events.{EXAMPLE}.dlq" in topics
+    # The AsyncAPI document has the new group (current, and valid by @asyncapi/parser).
+    check([sys.executable, "scripts/asyncapi/generate.py", "--check", "--validate"], generated)
+    asyncapi = (generated / "docs/asyncapi.yaml").read_text(encoding="utf-8")
+    assert f"{EXAMPLE}.receive:" in asyncapi
+    assert f"address: blog-events.{EXAMPLE}.dlq" in asyncapi
 
 
 def test_its_own_tests_pass_against_the_stack(generated: Path, stack: Stack) -> None:

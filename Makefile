@@ -72,10 +72,17 @@ clean: down ## stop the stack and wipe its state (data, logs, downloads copied f
 run: up ## run the whole system in the foreground (Ctrl-C stops the services)
 	$(STACK_ENV); scripts/run-services.sh
 
-test: up helm $(ASYNCAPI_PARSER) ## the whole suite (unit, integration, e2e) against the real stack
+# SERVICE=counter (publisher, indexer, lagmon): only that team's own tests (services/<svc>/tests).
+SERVICES := $(patsubst services/%/,%,$(wildcard services/*/))
+TEST_PATHS = $(if $(SERVICE),services/$(SERVICE)/tests)
+.PHONY: check-service
+check-service:
+	@[ -z "$(SERVICE)" ] || [ -d "services/$(SERVICE)/tests" ] || { echo "SERVICE must be one of: $(SERVICES) (got '$(SERVICE)')" >&2; exit 2; }
+
+test: check-service up helm $(ASYNCAPI_PARSER) ## the whole suite (unit, integration, e2e) against the real stack; SERVICE=counter: one team's tests
 	scripts/ensure-chromium.sh
 	scripts/ensure-promtool.sh
-	$(STACK_ENV); $(PYTEST) $(ARGS)
+	$(STACK_ENV); $(PYTEST) $(TEST_PATHS) $(ARGS)
 
 test-unit: install helm $(ASYNCAPI_PARSER) ## fast tests that need no server
 	$(PYTEST) -m "not integration and not e2e" $(ARGS)
@@ -90,6 +97,12 @@ test-e2e: up ## the services as processes, through HTTP, against the real stack
 test-cluster: install ## broker loss under load on a 3-node Kafka (marker `cluster`; starts it if needed)
 	KAFKA_NODES=$${KAFKA_NODES:-3} $(MAKE) --no-print-directory up
 	$(STACK_ENV); BLOG_REQUIRE_CLUSTER=1 $(PYTEST) -m cluster $(ARGS)
+
+# KAFKA_AUTH=scram: its own Kafka state (one node); with a plaintext stack running, `make down` first.
+.PHONY: test-acl
+test-acl: install ## Kafka least privilege: each service's own SCRAM user and ACLs (marker acl; starts KAFKA_AUTH=scram if needed)
+	KAFKA_AUTH=scram $(MAKE) --no-print-directory up
+	$(STACK_ENV); BLOG_REQUIRE_ACL=1 $(PYTEST) -m acl -v -s $(ARGS)
 
 lint: install alerts ## ruff + mypy strict + schema drift check + alert rules (promtool) + the charts' and deploy/k8s's checks
 	$(UV) run --frozen --no-sync ruff check .
@@ -115,7 +128,7 @@ author: up ## create an author and print its API token: make author NAME=alice
 	$(STACK_ENV); scripts/create-author.sh "$(NAME)"
 
 lag: up ## consumer lag per group and partition, refreshed every 5 s (ARGS=--json for JSON)
-	$(STACK_ENV); LAGMON_KAFKA_BOOTSTRAP_SERVERS=$$BLOG_KAFKA_BOOTSTRAP $(UV) run --frozen --no-sync python -m lagmon status --watch 5 $(ARGS)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m lagmon status --watch 5 $(ARGS)
 
 bench-pipeline: up ## POST latency and POST->counted / POST->searchable, p50/p99 (ARGS="--posts 300 --rate 30")
 	$(STACK_ENV); $(UV) run --frozen --no-sync python bench/pipeline_latency.py $(ARGS)
@@ -124,11 +137,13 @@ N ?= 2000
 chaos: up ## kill -9 services (and, with KAFKA_NODES=3, brokers) and restart Kafka under load, then check exactly-once (make chaos N=2000)
 	$(STACK_ENV); $(UV) run --frozen --no-sync python -m tests.chaos.chaos_run --writes $(N)
 
-# Every group's dead-letter topic by default: a record both groups dead-lettered goes back once.
-DLQ ?= blog-events.counter.dlq,blog-events.indexer.dlq
+# Each group's redrive moves its own dead letters to its own retry topic, which no other group
+# reads (SERVICE=counter or indexer: that group only; default both).
+REDRIVE_SERVICES = $(or $(SERVICE),counter indexer)
 .PHONY: redrive
-redrive: up ## re-publish dead letters to their source topic after a fix (DLQ=blog-events.counter.dlq ARGS=--dry-run)
-	$(STACK_ENV); $(UV) run --frozen --no-sync python -m service_kit.redrive --bootstrap "$$BLOG_KAFKA_BOOTSTRAP" --dlq-topic $(DLQ) $(ARGS)
+redrive: up ## after a fix, put a group's dead letters back to that group only (SERVICE=counter ARGS="--dry-run --max-attempts 3")
+	$(STACK_ENV); . scripts/service-env.sh; for svc in $(REDRIVE_SERVICES); do \
+		$(UV) run --frozen --no-sync python -m $$svc redrive $(ARGS) || exit $$?; done
 
 SIZE ?= full
 .PHONY: bench

@@ -44,11 +44,21 @@ EXPECTED_ACLS = {
         ("topic", "blog-events", "Read"),
         ("group", "counter", "Read"),
         ("topic", "blog-events.counter.dlq", "Write"),
+        # Its redrive: the DLQ to its own retry topic, which only this group reads.
+        ("topic", "blog-events.counter.dlq", "Read"),
+        ("topic", "blog-events.counter.retry", "Read"),
+        ("topic", "blog-events.counter.retry", "Write"),
+        ("group", "counter-redrive", "Read"),
     },
     "indexer": {
         ("topic", "blog-events", "Read"),
         ("group", "indexer", "Read"),
         ("topic", "blog-events.indexer.dlq", "Write"),
+        # Its redrive: the DLQ to its own retry topic, which only this group reads.
+        ("topic", "blog-events.indexer.dlq", "Read"),
+        ("topic", "blog-events.indexer.retry", "Read"),
+        ("topic", "blog-events.indexer.retry", "Write"),
+        ("group", "indexer-redrive", "Read"),
     },
     "lagmon": {
         ("group", "*", "Describe"),

@@ -1,6 +1,8 @@
 """`python -m counter` serves the API and runs the consumer; `python -m counter migrate` only
 applies the migrations; `python -m counter topics apply [--dry-run]` reconciles the counter
-team's topics (its dead-letter topic) with `services/counter/topics.yaml`."""
+team's topics (its dead-letter and retry topics) with `services/counter/topics.yaml`;
+`python -m counter redrive [--dry-run] [--max-attempts N]` moves the group's dead letters to its
+retry topic (service_kit.redrive)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ from pydantic import ValidationError
 from blog_events import Envelope
 from counter.app import create_app, migrate
 from counter.settings import Settings
+from service_kit import kafka_clients
 from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
+from service_kit.redrive import redrive_command
 from service_kit.serving import run_http_service
 from service_kit.topics import default_topics_file, topics_command
 from service_kit.tracing import configure_tracing
@@ -40,14 +44,22 @@ def main(
             env_prefix="COUNTER_",
         )
     parser = argparse.ArgumentParser(prog="python -m counter")
-    parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "command", nargs="?", choices=["serve", "migrate", "redrive"], default="serve"
+    )
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "redrive":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         settings = Settings()
     except ValidationError as exc:
         print(f"counter: invalid configuration (COUNTER_* environment):\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    # Every Kafka client of this process logs in as this service's own user.
+    kafka_clients.configure(settings.kafka_security())
+    if args.command == "redrive":
+        return redrive_command(rest, settings, "python -m counter")
     if args.command == "migrate":
         applied = asyncio.run(migrate(settings))
         print(f"applied: {', '.join(applied)}" if applied else "migrations up to date")

@@ -1,7 +1,8 @@
 """`python -m indexer` serves the API and runs the consumer; `python -m indexer migrate` only
 creates the index and its alias (the indexer has no database migrations); `python -m indexer
-topics apply [--dry-run]` reconciles the indexer team's topics (its dead-letter topic) with
-`services/indexer/topics.yaml`."""
+topics apply [--dry-run]` reconciles the indexer team's topics (its dead-letter and retry topics)
+with `services/indexer/topics.yaml`; `python -m indexer redrive [--dry-run] [--max-attempts N]`
+moves the group's dead letters to its retry topic (service_kit.redrive)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from blog_events import Envelope
 from indexer.app import create_app
 from indexer.index import ensure_index
 from indexer.settings import IndexerSettings
+from service_kit import kafka_clients
 from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
+from service_kit.redrive import redrive_command
 from service_kit.serving import run_http_service
 from service_kit.topics import default_topics_file, topics_command
 from service_kit.tracing import configure_tracing
@@ -51,12 +54,16 @@ def main(
         print(f"indexer: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    # Every Kafka client of this process logs in as this service's own user.
+    kafka_clients.configure(settings.kafka_security())
     if argv == ["migrate"]:
         asyncio.run(_migrate(settings))
         return 0
+    if argv[:1] == ["redrive"]:
+        return redrive_command(argv[1:], settings, "python -m indexer")
     if argv:
         print(
-            "usage: python -m indexer [migrate | topics apply [--dry-run]]; "
+            "usage: python -m indexer [migrate | topics apply [--dry-run] | redrive [--dry-run]]; "
             f"got {' '.join(argv)!r}",
             file=sys.stderr,
         )

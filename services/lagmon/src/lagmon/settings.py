@@ -6,12 +6,13 @@ import json
 from typing import Annotated, Any, Self
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from lagmon.rules import RuleConfig
+from service_kit.settings import KafkaClientSettings
 
 
-class Settings(BaseSettings):
+class Settings(KafkaClientSettings):
     model_config = SettingsConfigDict(env_prefix="LAGMON_", extra="ignore", frozen=True)
 
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)

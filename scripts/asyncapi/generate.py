@@ -114,7 +114,8 @@ def build(repo: Path) -> dict[str, Any]:
     teams = load_topics(repo)
     owners = {topic["name"]: team for team, topics in teams.items() for topic in topics}
     declared = {topic["name"]: topic for topics in teams.values() for topic in topics}
-    sources = sorted(name for name in declared if not name.endswith(".dlq"))
+    # A group's own topics (`<source>.<group>.dlq`, `<source>.<group>.retry`) are not sources.
+    sources = sorted(name for name in declared if not name.endswith((".dlq", ".retry")))
     # <source>.<group>.dlq, declared by the group's team.
     groups: list[tuple[str, str, str]] = []  # (source, group, team)
     for name in sorted(declared):
@@ -227,6 +228,32 @@ def build(repo: Path) -> dict[str, Any]:
                 }
             },
         }
+        retry = f"{source}.{group}.retry"
+        if retry in declared:
+            channels[retry] = {
+                "address": retry,
+                "title": retry,
+                "description": f"Group `{group}`'s own retry topic: `python -m {team} redrive` "
+                "moves its dead letters here (header `redrive-attempts`); only this group reads "
+                "it, beside the source topic.",
+                "messages": {name: ref("components", "messages", name) for name in MESSAGES},
+                "bindings": topic_binding(declared[retry]),
+            }
+            operations[f"{group}.receiveRedriven"] = {
+                "action": "receive",
+                "channel": ref("channels", retry),
+                "title": f"consumer group {group}, redriven records",
+                "summary": f"Group `{group}` applies a redriven record like the original (the "
+                "version guard keeps it idempotent); one that fails again is dead-lettered with "
+                "its attempt count.",
+                "messages": [ref("channels", retry, "messages", name) for name in MESSAGES],
+                "bindings": {
+                    "kafka": {
+                        "groupId": {"type": "string", "enum": [group]},
+                        "bindingVersion": BINDING_VERSION,
+                    }
+                },
+            }
         operations[f"{group}.deadLetter"] = {
             "action": "send",
             "channel": ref("channels", dlq),

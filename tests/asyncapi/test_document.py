@@ -124,7 +124,7 @@ def test_every_group_receives_and_dead_letters_and_the_publisher_sends(
     document: dict[str, Any],
 ) -> None:
     topics = declared_topics()
-    sources = {name for name in topics if not name.endswith(".dlq")}
+    sources = {name for name in topics if not name.endswith((".dlq", ".retry"))}
     groups = {
         name.split(".")[-2]: (source, name)
         for name in topics
@@ -147,8 +147,15 @@ def test_every_group_receives_and_dead_letters_and_the_publisher_sends(
     to_source = [op for op in sends if resolve(document, op["channel"])["address"] in sources]
     assert len(to_source) == 1
     assert {resolve(document, m)["name"] for m in to_source[0]["messages"]} == set(MESSAGES)
+    # Each group also reads its own retry topic (its redrive's destination), no other group does.
+    for group, (source, _) in groups.items():
+        redriven = operations[f"{group}.receiveRedriven"]
+        assert resolve(document, redriven["channel"])["address"] == f"{source}.{group}.retry"
+        assert redriven["bindings"]["kafka"]["groupId"]["enum"] == [group]
     receivers = {k for k, op in operations.items() if op["action"] == "receive"}
-    assert receivers == {f"{group}.receive" for group in groups}
+    assert receivers == {
+        f"{group}.{kind}" for group in groups for kind in ("receive", "receiveRedriven")
+    }
 
 
 def test_errors_and_warnings_fail_infos_do_not() -> None:

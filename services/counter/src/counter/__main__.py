@@ -1,6 +1,7 @@
 """`python -m counter` serves the API and runs the consumer; `python -m counter migrate` only
 applies the migrations; `python -m counter topics apply [--dry-run]` reconciles the counter
-team's topics (its dead-letter topic) with `services/counter/topics.yaml`."""
+team's topics (its dead-letter topic) with `services/counter/topics.yaml`;
+`python -m counter verify` compares the tables with the log (exit 0 agree, 1 differ)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from blog_events import Envelope
 from counter.app import create_app, migrate
 from counter.settings import Settings
+from counter.verify import main_verify
 from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
 from service_kit.serving import run_http_service
@@ -40,7 +42,15 @@ def main(
             env_prefix="COUNTER_",
         )
     parser = argparse.ArgumentParser(prog="python -m counter")
-    parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
+    parser.add_argument(
+        "command", nargs="?", choices=["serve", "migrate", "verify"], default="serve"
+    )
+    parser.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=30.0,
+        help="verify: seconds to wait for blogs still in flight in the live group (default 30)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -48,6 +58,8 @@ def main(
         print(f"counter: invalid configuration (COUNTER_* environment):\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if args.command == "verify":
+        return main_verify(settings, args.settle_timeout)
     if args.command == "migrate":
         applied = asyncio.run(migrate(settings))
         print(f"applied: {', '.join(applied)}" if applied else "migrations up to date")

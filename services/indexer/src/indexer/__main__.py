@@ -1,10 +1,12 @@
 """`python -m indexer` serves the API and runs the consumer; `python -m indexer migrate` only
 creates the index and its alias (the indexer has no database migrations); `python -m indexer
 topics apply [--dry-run]` reconciles the indexer team's topics (its dead-letter topic) with
-`services/indexer/topics.yaml`."""
+`services/indexer/topics.yaml`; `python -m indexer verify` compares the documents behind the
+alias with the log (exit 0 agree, 1 differ)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from blog_events import Envelope
 from indexer.app import create_app
 from indexer.index import ensure_index
 from indexer.settings import IndexerSettings
+from indexer.verify import main_verify
 from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
 from service_kit.serving import run_http_service
@@ -54,9 +57,20 @@ def main(
     if argv == ["migrate"]:
         asyncio.run(_migrate(settings))
         return 0
+    if argv[:1] == ["verify"]:
+        parser = argparse.ArgumentParser(prog="python -m indexer verify")
+        parser.add_argument(
+            "--settle-timeout",
+            type=float,
+            default=30.0,
+            help="seconds to wait for blogs still in flight in the live group (default 30)",
+        )
+        parser.add_argument("--index", help="a physical index to check instead of the alias")
+        args = parser.parse_args(argv[1:])
+        return main_verify(settings, args.settle_timeout, args.index)
     if argv:
         print(
-            "usage: python -m indexer [migrate | topics apply [--dry-run]]; "
+            "usage: python -m indexer [migrate | verify | topics apply [--dry-run]]; "
             f"got {' '.join(argv)!r}",
             file=sys.stderr,
         )

@@ -105,12 +105,13 @@ class LogReader:
         """Batches of the records before `until`, until every partition has passed it."""
         while not passed(await self.positions(), until):
             fetched = await self._consumer.getmany(timeout_ms=200, max_records=max_records)
-            records = [
-                record
-                for tp, partition_records in fetched.items()
-                for record in partition_records
-                if record.offset < until.get(tp.partition, 0)
-            ]
+            records: list[Record] = []
+            for tp, partition_records in fetched.items():
+                end = until.get(tp.partition, 0)
+                records += [r for r in partition_records if r.offset < end]
+                if partition_records and partition_records[-1].offset >= end:
+                    # Fetched past the target: the next call must read those records again.
+                    self._consumer.seek(tp, end)
             if records:
                 yield records
 

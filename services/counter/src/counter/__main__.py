@@ -1,7 +1,9 @@
 """`python -m counter` serves the API and runs the consumer; `python -m counter migrate` only
 applies the migrations; `python -m counter topics apply [--dry-run]` reconciles the counter
 team's topics (its dead-letter topic) with `services/counter/topics.yaml`;
-`python -m counter verify` compares the tables with the log (exit 0 agree, 1 differ)."""
+`python -m counter verify` compares the tables with the log (exit 0 agree, 1 differ);
+`python -m counter rebuild [--rollback | --prune]` rebuilds them from the log without downtime
+(`counter.rebuild`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pydantic import ValidationError
 
 from blog_events import Envelope
 from counter.app import create_app, migrate
+from counter.rebuild import main_rebuild
 from counter.settings import Settings
 from counter.verify import main_verify
 from service_kit.consumer import BatchHandler
@@ -43,13 +46,23 @@ def main(
         )
     parser = argparse.ArgumentParser(prog="python -m counter")
     parser.add_argument(
-        "command", nargs="?", choices=["serve", "migrate", "verify"], default="serve"
+        "command", nargs="?", choices=["serve", "migrate", "verify", "rebuild"], default="serve"
     )
     parser.add_argument(
         "--settle-timeout",
         type=float,
         default=30.0,
         help="verify: seconds to wait for blogs still in flight in the live group (default 30)",
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--rollback", action="store_true", help="rebuild: swap the previous tables back"
+    )
+    what.add_argument("--prune", action="store_true", help="rebuild: drop the previous tables")
+    what.add_argument(
+        "--fresh",
+        action="store_true",
+        help="rebuild: start over instead of resuming an interrupted rebuild",
     )
     args = parser.parse_args(argv)
     try:
@@ -58,6 +71,8 @@ def main(
         print(f"counter: invalid configuration (COUNTER_* environment):\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if args.command == "rebuild":
+        return main_rebuild(settings, rollback=args.rollback, prune=args.prune, fresh=args.fresh)
     if args.command == "verify":
         return main_verify(settings, args.settle_timeout)
     if args.command == "migrate":

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from blog_events import Envelope
-from blog_testkit import BlogHistory, Stack, produce, wait_for_zero_lag
+from blog_testkit import BlogHistory, Stack, committed_offsets, produce, wait_for_zero_lag
 from blog_testkit.plugin import create_dead_letter_topics
 from counter.app import create_app
 from counter.rebuild import run_prune, run_rebuild, run_rollback
@@ -122,6 +122,8 @@ async def test_rebuild_under_load_then_rollback_and_prune(
         assert during > 0, "the load ran during the rebuild"
         assert outcome.applied_records >= BACKLOG
         assert "swapped at offsets" in out.getvalue(), out.getvalue()
+        # The finished rebuild's group is deleted (lagmon would watch it fall behind forever).
+        assert await committed_offsets(stack.kafka_bootstrap, f"{settings.group_id}-rebuild") == {}
         assert {"blog_state", "author_stats", "blog_state_previous", "author_stats_previous"} <= (
             await tables(database_url)
         )

@@ -225,6 +225,9 @@ async def test_a_mapping_change_rebuilt_under_load_with_search_answering_through
         assert watch.misses == []
         assert watch.polls > 20
         assert outcome.index == f"{alias}-v2"
+        # The finished rebuild's group is deleted (lagmon would watch it fall behind forever).
+        rebuild_group = f"{settings.group_id}-rebuild-{alias}-v2"
+        assert await committed_offsets(stack.kafka_bootstrap, rebuild_group) == {}
         assert await alias_target(es, alias) == [f"{alias}-v2"]
         await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, 120)
         code, report = await verify(settings)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TextIO, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.structs import OffsetAndMetadata
 
 from service_kit.consumer.records import Decoder, Record, decode_records
@@ -42,6 +43,21 @@ async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     if described["error_code"] != NO_ERROR:
         raise LookupError(f"topic {topic}: describe_topics error code {described['error_code']}")
     return sorted(p["partition"] for p in described["partitions"])
+
+
+async def forget_group(bootstrap: str, group_id: str) -> str | None:
+    """Delete a finished rebuild's group, so that lag monitoring does not see a stopped group
+    falling behind forever. None when deleted, else why not (the caller only reports it)."""
+    try:
+        async with admin_client(bootstrap, client_id=f"{group_id}-cleanup") as admin:
+            node = await admin.find_coordinator(group_id)
+            # aiokafka's admin client has no delete_consumer_groups: its DeleteGroups request.
+            response = await admin._send_request_to_node(node, DeleteGroupsRequest([group_id]))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    results = response.to_object()["results"]
+    errors = [r["error_code"] for r in results if r["error_code"] != NO_ERROR]
+    return f"error code {errors[0]}" if errors else None
 
 
 def remaining(positions: Mapping[int, int], until: Mapping[int, int]) -> int:

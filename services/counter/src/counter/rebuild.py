@@ -40,6 +40,7 @@ from service_kit.replay import (
     Offsets,
     Progress,
     committed_offsets,
+    forget_group,
     offsets_text,
     remaining,
 )
@@ -284,6 +285,7 @@ async def run_rebuild(
         blogs: int = await pool.fetchval("SELECT count(*) FROM counter.blog_state")
     finally:
         await pool.close()
+    await _forget(settings, job.rebuild_group, out)
     print(
         "counter rebuild: done; the previous tables are kept as counter.*_previous "
         "(python -m counter rebuild --rollback | --prune)",
@@ -313,6 +315,12 @@ async def _swap_retrying(
             await reader.seek(positions)
             print("swap: the live tables stayed locked for 30 s; catching up again", file=job.out)
             await job.catch_up(reader, tables, which, positions, "catch-up")
+
+
+async def _forget(settings: Settings, group: str, out: TextIO) -> None:
+    why = await forget_group(settings.kafka_bootstrap_servers, group)
+    if why is not None:
+        print(f"could not delete the finished group {group} ({why}); delete it by hand", file=out)
 
 
 async def run_rollback(settings: Settings, out: TextIO, *, swap_lag: int = 500) -> int:
@@ -345,6 +353,7 @@ async def run_rollback(settings: Settings, out: TextIO, *, swap_lag: int = 500) 
             )
     finally:
         await pool.close()
+    await _forget(settings, job.rebuild_group, out)
     print(
         "counter rebuild --rollback: done; the tables swapped out are counter.*_previous", file=out
     )

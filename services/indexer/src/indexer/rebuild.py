@@ -43,6 +43,7 @@ from service_kit.replay import (
     Progress,
     as_json_offsets,
     committed_offsets,
+    forget_group,
     from_json_offsets,
     offsets_text,
     remaining,
@@ -253,12 +254,20 @@ async def run_rebuild(
             await job.swap(reader, old, new)
     finally:
         await es.close()
+    await _forget(settings, job.group(new), out)
     print(
         f"indexer rebuild: done; {old} kept for `python -m indexer rebuild --rollback`, "
         "`--prune` deletes it",
         file=out,
     )
     return Outcome(new, applied, loop.time() - started, job.rejected)
+
+
+async def _forget(settings: IndexerSettings, group: str, out: TextIO) -> None:
+    """The finished rebuild's group goes, so lag monitoring does not watch it fall behind."""
+    why = await forget_group(settings.kafka_bootstrap_servers, group)
+    if why is not None:
+        print(f"could not delete the finished group {group} ({why}); delete it by hand", file=out)
 
 
 async def run_rollback(settings: IndexerSettings, out: TextIO, *, swap_lag: int = 500) -> int:
@@ -287,6 +296,7 @@ async def run_rollback(settings: IndexerSettings, out: TextIO, *, swap_lag: int 
             await job.swap(reader, current, previous)
     finally:
         await es.close()
+    await _forget(settings, job.group(previous), out)
     return 0
 
 

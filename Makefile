@@ -126,6 +126,19 @@ DLQ ?= blog-events.counter.dlq,blog-events.indexer.dlq
 redrive: up ## re-publish dead letters to their source topic after a fix (DLQ=blog-events.counter.dlq ARGS=--dry-run)
 	$(STACK_ENV); $(UV) run --frozen --no-sync python -m service_kit.redrive --bootstrap "$$BLOG_KAFKA_BOOTSTRAP" --dlq-topic $(DLQ) $(ARGS)
 
+# The read models against the log, and rebuilt from it while everything runs (README: Rebuilding
+# and checking the read models). ARGS=--rollback / --prune for the rebuilds.
+.PHONY: verify rebuild-index rebuild-counter
+verify: up ## compare the counter's tables and the search index with blog-events (exit 1 on a difference)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m counter verify && \
+	$(UV) run --frozen --no-sync python -m indexer verify
+
+rebuild-index: up ## build the next index from blog-events and swap the alias, zero downtime (ARGS=--rollback|--prune)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m indexer rebuild $(ARGS)
+
+rebuild-counter: up ## rebuild the counter's tables from blog-events and swap them in (ARGS=--rollback|--prune)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m counter rebuild $(ARGS)
+
 SIZE ?= full
 .PHONY: bench
 bench: up ## the five speed measures beside their references, table + bench/results/bench.json (SIZE=small|medium|full, ARGS=--profile)

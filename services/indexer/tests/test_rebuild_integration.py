@@ -3,7 +3,7 @@ published, updated and deleted all along: a mapping change (a new analyzed sub-f
 into the next index and swapped in; `/search`, polled throughout, never fails and never misses a
 blog it has shown before nor one older than the indexing delay; afterwards the index agrees with
 the log (`verify`); `--rollback` and `--prune` work; a rebuild killed with -9 resumes into the
-same index."""
+same index (lifting the write block a kill during the swap would leave)."""
 
 from __future__ import annotations
 
@@ -303,6 +303,8 @@ async def test_a_rebuild_killed_with_sigkill_resumes_into_the_same_index(
             await asyncio.wait_for(first.wait(), 30)
         assert first.returncode == -signal.SIGKILL
         assert await alias_target(es, alias) == [f"{alias}-v1"]
+        # As if it had been killed during its swap: the live index write-blocked.
+        await es.indices.put_settings(index=f"{alias}-v1", settings={"index.blocks.write": True})
 
         second = await start()
         try:
@@ -319,6 +321,8 @@ async def test_a_rebuild_killed_with_sigkill_resumes_into_the_same_index(
             f"{alias}-v1",
             f"{alias}-v2",
         ]
+        # The live indexer writes again (the block was lifted) into the new index.
+        await produce(stack.kafka_bootstrap, topic, [blogs.next_event() for _ in range(50)])
         await wait_for_zero_lag(stack.kafka_bootstrap, settings.group_id, topic, 120)
         code, report = await verify(settings)
         assert code == 0, report

@@ -112,6 +112,28 @@ class IndexRebuild:
         current = (await self.versions()).get(index, {})
         await self.es.indices.put_mapping(index=index, meta={**current, **meta})
 
+    async def recover(self) -> str:
+        """Finish what a rebuild killed during its swap left: a write block (lifted: only a
+        swap sets one, on this alias's indices), or the alias already on an index still marked
+        `building` (marked live; the index it replaced retired, complete up to nothing known, so
+        a rollback to it replays the whole log). Returns the live index."""
+        await self.es.indices.put_settings(
+            index=f"{self.alias}-v*", settings={"index.blocks.write": None}
+        )
+        current = await self.live_index()
+        meta = (await self.versions()).get(current, {})
+        if meta.get("state") == BUILDING:
+            await self.set_meta(current, state=LIVE)
+            replaced = meta.get("from")
+            versions = await self.versions()
+            if replaced in versions and versions[replaced].get("state") != RETIRED:
+                await self.set_meta(replaced, state=RETIRED, complete_to={})
+            print(
+                f"{current} was swapped in by a rebuild killed just after: marked live",
+                file=self.out,
+            )
+        return current
+
     async def live_lag(self, ends: Mapping[int, int]) -> int:
         committed = await committed_offsets(
             self.settings.kafka_bootstrap_servers, self.settings.group_id, self.settings.topic
@@ -225,7 +247,7 @@ async def run_rebuild(
     started = loop.time()
     try:
         job = IndexRebuild(settings, es, out, swap_lag=swap_lag, batch=batch)
-        old = await job.live_index()
+        old = await job.recover()
         versions = await job.versions()
         building = sorted(
             (name for name, meta in versions.items() if meta.get("state") == BUILDING),
@@ -274,7 +296,7 @@ async def run_rollback(settings: IndexerSettings, out: TextIO, *, swap_lag: int 
     es = elasticsearch_client(settings.es_url)
     try:
         job = IndexRebuild(settings, es, out, swap_lag=swap_lag, batch=2000)
-        current = await job.live_index()
+        current = await job.recover()
         retired = sorted(
             (
                 name

@@ -10,6 +10,7 @@ passed a target offset; a rebuild still commits under a group id of its own, whi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -58,6 +59,38 @@ async def forget_group(bootstrap: str, group_id: str) -> str | None:
     results = response.to_object()["results"]
     errors = [r["error_code"] for r in results if r["error_code"] != NO_ERROR]
     return f"error code {errors[0]}" if errors else None
+
+
+T = TypeVar("T")
+
+
+async def read_ahead(source: AsyncIterator[T], depth: int = 1) -> AsyncIterator[T]:
+    """`source`'s items, the next `depth` of them produced (fetched, decoded, folded) while the
+    caller works on the current one: the CPU of decoding overlaps the wait on the database."""
+    queue: asyncio.Queue[tuple[bool, T | BaseException | None]] = asyncio.Queue(maxsize=depth)
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                await queue.put((True, item))
+        except BaseException as exc:  # handed to the caller, raised there
+            await queue.put((False, exc))
+            return
+        await queue.put((False, None))
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            more, item = await queue.get()
+            if not more:
+                if isinstance(item, BaseException):
+                    raise item
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def remaining(positions: Mapping[int, int], until: Mapping[int, int]) -> int:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Mapping
+import uuid
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -30,7 +31,7 @@ import asyncpg
 
 from counter import repository
 from counter.app import EVENT_DECODER, migrate
-from counter.counting import fold_newest_per_blog
+from counter.counting import BlogChange, fold_newest_per_blog
 from counter.repository import LIVE_TABLES, DbConnection, Tables
 from counter.settings import Settings
 from service_kit.consumer import decode_records
@@ -42,6 +43,7 @@ from service_kit.replay import (
     committed_offsets,
     forget_group,
     offsets_text,
+    read_ahead,
     remaining,
 )
 
@@ -52,6 +54,7 @@ PREVIOUS_TABLES = Tables("counter.blog_state_previous", "counter.author_stats_pr
 SWAP_TABLES = Tables("counter.blog_state_swap", "counter.author_stats_swap")
 REBUILD, PREVIOUS = "rebuild", "previous"  # the two sets of positions kept
 EXIT_NOTHING_TO_DO = 2
+BATCH = 2000  # records per transaction while catching up
 
 # DDL only, on names fixed here (never input): identifiers cannot be bind parameters.
 _POSITIONS_TABLE = """
@@ -126,16 +129,36 @@ def _advance(positions: Offsets, records: list[Record]) -> None:
         positions[record.partition] = max(positions.get(record.partition, 0), record.offset + 1)
 
 
-async def _apply(
-    connection: DbConnection, tables: Tables, which: str, positions: Offsets, records: list[Record]
+@dataclass(frozen=True)
+class Prepared:
+    """One batch decoded and folded (undecodable records skipped: the live group dead-letters
+    them), with the positions past it."""
+
+    records: int
+    newest: dict[uuid.UUID, BlogChange]
+    next_offsets: Offsets
+
+
+def _prepare_batch(records: list[Record]) -> Prepared:
+    events, _undecodable = decode_records(records, EVENT_DECODER)
+    next_offsets: Offsets = {}
+    _advance(next_offsets, records)
+    return Prepared(len(records), fold_newest_per_blog(e.envelope for e in events), next_offsets)
+
+
+async def _prepared(reader: LogReader, until: Mapping[int, int]) -> AsyncIterator[Prepared]:
+    async for records in reader.batches(until, max_records=BATCH):
+        yield _prepare_batch(records)
+
+
+async def _write(
+    connection: DbConnection, tables: Tables, which: str, positions: Offsets, batch: Prepared
 ) -> None:
     """The batch's newest version per blog and the positions after it, in the caller's
-    transaction. Undecodable records are skipped (the live group dead-letters them)."""
-    events, _undecodable = decode_records(records, EVENT_DECODER)
-    newest = fold_newest_per_blog(event.envelope for event in events)
-    if newest:
-        await repository.apply_in_transaction(connection, newest, tables)
-    _advance(positions, records)
+    transaction."""
+    if batch.newest:
+        await repository.apply_in_transaction(connection, batch.newest, tables)
+    positions.update(batch.next_offsets)
     await _save_positions(connection, which, positions)
 
 
@@ -170,10 +193,11 @@ class TableRebuild:
         lag_checked = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            async for records in reader.batches(until):
+            # The next batch is fetched and decoded while this one is written.
+            async for batch in read_ahead(_prepared(reader, until)):
                 async with self.pool.acquire() as connection, connection.transaction():
-                    await _apply(connection, tables, which, positions, records)
-                done += len(records)
+                    await _write(connection, tables, which, positions, batch)
+                done += batch.records
                 # The rebuild group's commit shows its progress to lagmon; the positions that
                 # matter (resume) were saved with the rows.
                 await reader.commit(positions)
@@ -218,9 +242,9 @@ class TableRebuild:
                 self.settings.kafka_bootstrap_servers, self.settings.group_id, self.settings.topic
             )
             until = await reader.end_offsets()
-            async for records in reader.batches(until):
-                await _apply(connection, tables, which, positions, records)
-                applied += len(records)
+            async for batch in _prepared(reader, until):
+                await _write(connection, tables, which, positions, batch)
+                applied += batch.records
             if drop_first is not None:
                 await _drop(connection, drop_first)
             for source, target in renames:

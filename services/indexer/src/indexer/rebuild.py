@@ -25,18 +25,19 @@ import copy
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from elasticsearch import AsyncElasticsearch, NotFoundError
 
+from blog_events import Envelope
 from indexer.app import EVENT_DECODER, elasticsearch_client
 from indexer.handler import make_batch_handler
 from indexer.index import MAPPINGS
 from indexer.settings import IndexerSettings
-from service_kit.consumer import RejectedEvents, decode_records
+from service_kit.consumer import ConsumedEvent, RejectedEvents, decode_records
 from service_kit.consumer.records import Record
 from service_kit.replay import (
     LogReader,
@@ -46,6 +47,7 @@ from service_kit.replay import (
     forget_group,
     from_json_offsets,
     offsets_text,
+    read_ahead,
     remaining,
 )
 
@@ -53,6 +55,12 @@ log = logging.getLogger(__name__)
 
 EXIT_NOTHING_TO_DO = 2
 BUILDING, LIVE, RETIRED = "building", "live", "retired"
+
+
+@dataclass(frozen=True)
+class Decoded:
+    records: list[Record]
+    events: list[ConsumedEvent[Envelope]]
 
 
 @dataclass(frozen=True)
@@ -140,17 +148,21 @@ class IndexRebuild:
         )
         return remaining(committed, ends)
 
-    async def apply(self, index: str, records: list[Record]) -> None:
-        events, _undecodable = decode_records(records, EVENT_DECODER)  # the live group DLQs them
-        if not events:
+    async def apply(self, index: str, batch: Decoded) -> None:
+        if not batch.events:
             return
         handler = make_batch_handler(self.es, index, require_alias=False)
         try:
-            await handler(events)
+            await handler(batch.events)
         except RejectedEvents as rejected:
             # Documents Elasticsearch refuses (the live group dead-letters them): counted.
             self.rejected += len(rejected.rejected)
             log.warning("%d event(s) rejected by %s", len(rejected.rejected), index)
+
+    async def decoded(self, reader: LogReader, until: Mapping[int, int]) -> AsyncIterator[Decoded]:
+        async for records in reader.batches(until, max_records=self.batch):
+            events, _undecodable = decode_records(records, EVENT_DECODER)  # the live group DLQs
+            yield Decoded(records, events)
 
     async def catch_up(self, reader: LogReader, index: str, what: str) -> int:
         positions = await reader.positions()
@@ -162,12 +174,13 @@ class IndexRebuild:
         loop = asyncio.get_running_loop()
         lag_checked = 0.0
         while True:
-            async for records in reader.batches(until, max_records=self.batch):
-                await self.apply(index, records)
-                for record in records:
+            # The next batch is fetched and decoded while this one's bulk runs.
+            async for batch in read_ahead(self.decoded(reader, until)):
+                await self.apply(index, batch)
+                for record in batch.records:
                     positions[record.partition] = record.offset + 1
                 await reader.commit(positions)  # after the bulk: durable, so resumable
-                done += len(records)
+                done += len(batch.records)
                 if loop.time() - lag_checked > 2.0:
                     lag_checked = loop.time()
                     live_lag = await self.live_lag(until)
@@ -185,9 +198,9 @@ class IndexRebuild:
 
     async def apply_until(self, reader: LogReader, index: str, until: Mapping[int, int]) -> int:
         applied = 0
-        async for records in reader.batches(until, max_records=self.batch):
-            await self.apply(index, records)
-            applied += len(records)
+        async for batch in self.decoded(reader, until):
+            await self.apply(index, batch)
+            applied += len(batch.records)
         await reader.commit(await reader.positions())
         return applied
 

@@ -5,7 +5,9 @@ them.
 
 How no update is lost: the rebuild reads the log from the beginning under its own group
 (`<group>-rebuild`, positions kept in `counter.rebuild_positions` in the same transaction as the
-rows they produced, so a killed rebuild resumes where it stopped). Once it is within `--swap-lag`
+rows they produced, so a killed rebuild resumes where it stopped). While catching up it writes
+only the blog rows (one version-guarded upsert per batch) and counts the author totals from them
+once at the end, in one statement. Once it is within `--swap-lag`
 offsets of the end, one transaction takes ACCESS EXCLUSIVE locks on the live tables (the live
 counter's next batch waits; reads of /authors/.../stats wait the few milliseconds of the swap),
 reads the end offsets (everything the live counter has applied is below them), applies the rest
@@ -152,12 +154,20 @@ async def _prepared(reader: LogReader, until: Mapping[int, int]) -> AsyncIterato
 
 
 async def _write(
-    connection: DbConnection, tables: Tables, which: str, positions: Offsets, batch: Prepared
+    connection: DbConnection,
+    tables: Tables,
+    which: str,
+    positions: Offsets,
+    batch: Prepared,
+    *,
+    totals: bool = True,
 ) -> None:
     """The batch's newest version per blog and the positions after it, in the caller's
-    transaction."""
-    if batch.newest:
+    transaction. `totals=False` (catching up): blog rows only, recounted before the swap."""
+    if batch.newest and totals:
         await repository.apply_in_transaction(connection, batch.newest, tables)
+    elif batch.newest:
+        await repository.upsert_blog_states(connection, batch.newest, tables)
     positions.update(batch.next_offsets)
     await _save_positions(connection, which, positions)
 
@@ -196,7 +206,7 @@ class TableRebuild:
             # The next batch is fetched and decoded while this one is written.
             async for batch in read_ahead(_prepared(reader, until)):
                 async with self.pool.acquire() as connection, connection.transaction():
-                    await _write(connection, tables, which, positions, batch)
+                    await _write(connection, tables, which, positions, batch, totals=False)
                 done += batch.records
                 # The rebuild group's commit shows its progress to lagmon; the positions that
                 # matter (resume) were saved with the rows.
@@ -210,6 +220,10 @@ class TableRebuild:
                 )
             until = await reader.end_offsets()
             if remaining(positions, until) <= self.swap_lag:
+                # One aggregate instead of per-batch deltas while catching up; the swap's last
+                # records move the totals one by one again.
+                async with self.pool.acquire() as connection, connection.transaction():
+                    await repository.recount_authors(connection, tables)
                 progress.total = remaining(start, until)
                 progress.finish(
                     remaining(start, until) - remaining(positions, until),

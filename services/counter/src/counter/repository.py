@@ -74,6 +74,14 @@ FROM unnest($1::uuid[], $2::int[]) AS d(author_id, delta)
 WHERE a.author_id = d.author_id
 """
 
+# A rebuild's catch-up: blog rows only (the version guard alone keeps the newest), the totals
+# counted once from them afterwards (`recount_authors`).
+_RECOUNT_AUTHORS = """
+INSERT INTO {author_stats} (author_id, total_blogs)
+SELECT author_id, count(*) FILTER (WHERE live) FROM {blog_state} GROUP BY author_id
+"""
+_CLEAR_AUTHORS = "DELETE FROM {author_stats}"
+
 _ALL_BLOG_STATE = "SELECT blog_id, author_id, version, live FROM {blog_state}"
 _ALL_AUTHOR_STATS = "SELECT author_id, total_blogs FROM {author_stats}"
 
@@ -135,6 +143,28 @@ async def apply_in_transaction(
             _sql(_ADD_TO_AUTHOR_TOTALS, tables), authors, list(plan.author_deltas.values())
         )
     return plan
+
+
+async def upsert_blog_states(
+    connection: DbConnection, newest: Mapping[uuid.UUID, BlogChange], tables: Tables
+) -> None:
+    """Blog rows only, newer versions only; the caller recounts the totals before they are read
+    (a rebuild's shadow tables, which nothing else writes)."""
+    ordered = [newest[blog_id] for blog_id in sorted(newest)]
+    await connection.execute(
+        _sql(_UPSERT_BLOG_STATE, tables),
+        [c.blog_id for c in ordered],
+        [c.author_id for c in ordered],
+        [c.version for c in ordered],
+        [c.live for c in ordered],
+        [c.event_id for c in ordered],
+    )
+
+
+async def recount_authors(connection: DbConnection, tables: Tables) -> None:
+    """Every author's total from the blog rows (in the caller's transaction)."""
+    await connection.execute(_sql(_CLEAR_AUTHORS, tables))
+    await connection.execute(_sql(_RECOUNT_AUTHORS, tables))
 
 
 async def read_all(

@@ -76,7 +76,7 @@ async def test_verify_agrees_then_reports_a_corrupted_row_and_total(
 
         code, out = await verify(settings)
         assert code == 0, out
-        assert out.startswith("counter verify: OK: 20 blogs (13 live, 4 authors")
+        assert out.startswith("counter verify: OK: 20 blogs (13 live, 4 author(s)")
         assert len(out.splitlines()) == 1
 
         live_blog = sorted(history.live_blogs())[0]
@@ -146,4 +146,4 @@ async def test_the_command_line(stack: Stack, database_url: str, topic: str) -> 
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, err.decode()
     [line] = out.decode().splitlines()
-    assert line.startswith("counter verify: OK: 3 blogs (3 live, 3 authors"), line
+    assert line.startswith("counter verify: OK: 3 blogs (3 live, 3 author(s)"), line

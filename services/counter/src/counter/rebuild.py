@@ -245,8 +245,12 @@ class TableRebuild:
         had committed. Returns the records applied under the lock."""
         applied = 0
         async with self.pool.acquire() as connection, connection.transaction():
-            # Waits for the live counter's batch in hand; a stuck one fails the swap (retried).
-            await connection.execute("SET LOCAL lock_timeout = '30s'")
+            # Waits for the live counter's batch in hand (milliseconds); readers queue behind
+            # this request meanwhile, so a stuck batch fails the swap quickly (then retried).
+            await connection.execute("SET LOCAL lock_timeout = '5s'")
+            # Holding the locks while Kafka does not answer: PostgreSQL ends the session (and
+            # the locks) rather than keep the live tables blocked; a rerun resumes.
+            await connection.execute("SET LOCAL idle_in_transaction_session_timeout = '15s'")
             await connection.execute(
                 f"LOCK TABLE {LIVE_TABLES.blog_state}, {LIVE_TABLES.author_stats} "
                 "IN ACCESS EXCLUSIVE MODE"
@@ -351,7 +355,7 @@ async def _swap_retrying(
                 positions.clear()
                 positions.update(await _load_positions(connection, which))
             await reader.seek(positions)
-            print("swap: the live tables stayed locked for 30 s; catching up again", file=job.out)
+            print("swap: the live tables stayed locked for 5 s; catching up again", file=job.out)
             await job.catch_up(reader, tables, which, positions, "catch-up")
 
 

@@ -106,7 +106,7 @@ async def run_verify(settings: Settings, settle_timeout_s: float, out: TextIO) -
     live = sum(1 for newest in result.fold.newest.values() if newest.state[1])
     authors = len({newest.state[0] for newest in result.fold.newest.values() if newest.state[1]})
     counts = (
-        f"{len(result.fold.newest):,} blogs ({live:,} live, {authors:,} authors with live blogs) "
+        f"{len(result.fold.newest):,} blogs ({live:,} live, {authors:,} author(s) with live blogs) "
         f"from {result.fold.records:,} records of {settings.topic} up to offsets "
         f"{offsets_text(result.until)}; {result.fold.undecodable:,} undecodable, "
         f"{len(result.in_flight):,} still in flight (not compared)"

@@ -145,6 +145,19 @@ redrive: up ## after a fix, put a group's dead letters back to that group only (
 	$(STACK_ENV); . scripts/service-env.sh; for svc in $(REDRIVE_SERVICES); do \
 		$(UV) run --frozen --no-sync python -m $$svc redrive $(ARGS) || exit $$?; done
 
+# The read models against the log, and rebuilt from it while everything runs (README: Rebuilding
+# and checking the read models). ARGS=--rollback / --prune for the rebuilds.
+.PHONY: verify rebuild-index rebuild-counter
+verify: up ## compare the counter's tables and the search index with blog-events (exit 1 on a difference)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m counter verify && \
+	$(UV) run --frozen --no-sync python -m indexer verify
+
+rebuild-index: up ## build the next index from blog-events and swap the alias, zero downtime (ARGS=--rollback|--prune)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m indexer rebuild $(ARGS)
+
+rebuild-counter: up ## rebuild the counter's tables from blog-events and swap them in (ARGS=--rollback|--prune)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m counter rebuild $(ARGS)
+
 SIZE ?= full
 .PHONY: bench
 bench: up ## the five speed measures beside their references, table + bench/results/bench.json (SIZE=small|medium|full, ARGS=--profile)

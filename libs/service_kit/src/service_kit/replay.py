@@ -23,6 +23,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from service_kit.consumer.records import Decoder, Record, decode_records
 from service_kit.kafka_admin import NO_ERROR, admin_client
+from service_kit.kafka_clients import client_options
 
 Offsets = dict[int, int]  # partition -> offset
 
@@ -118,6 +119,7 @@ class LogReader:
             # Large fetches: a rebuild reads the whole log as fast as the handler takes it.
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
+            **client_options(),
         )
         self.partitions: list[TopicPartition] = []
 

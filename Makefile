@@ -14,14 +14,17 @@ PYTEST := $(UV) run --frozen --no-sync pytest
 PROMTOOL := $(TOOLS)/bin/promtool
 ALERT_RULES := deploy/prometheus/lagmon-alerts.yml
 ALERT_RULE_TESTS := deploy/prometheus/lagmon-alerts.test.yml
+# @asyncapi/parser (validates docs/asyncapi.yaml), pinned by scripts/asyncapi/package-lock.json.
+ASYNCAPI_PARSER := $(TOOLS)/asyncapi/.installed
 STACK := deploy/local/stack.sh
 # `make test` exports the stack's addresses (written by `make up`) to the tests.
 STACK_ENV = set -a; . .state/stack.env; set +a
 
 .PHONY: help install up down status clean run test test-unit test-integration test-e2e test-cluster topics lint fmt schemas author lag bench-pipeline chaos alerts
 
-# Each team applies the topics it owns (services/<svc>/topics.yaml) through its own CLI.
-TOPIC_OWNERS := publisher counter indexer
+# Each team applies the topics it owns (services/<svc>/topics.yaml) through its own CLI; a
+# service made by `make new-consumer` is one of them as soon as it exists.
+TOPIC_OWNERS := publisher $(filter-out publisher,$(patsubst services/%/topics.yaml,%,$(wildcard services/*/topics.yaml)))
 APPLY_TOPICS = $(STACK_ENV); for svc in $(TOPIC_OWNERS); do \
 	$(UV) run --frozen --no-sync python -m $$svc topics apply $(1) || exit $$?; done
 
@@ -70,18 +73,18 @@ run: up ## run the whole system in the foreground (Ctrl-C stops the services)
 	$(STACK_ENV); scripts/run-services.sh
 
 # SERVICE=counter (publisher, indexer, lagmon): only that team's own tests (services/<svc>/tests).
-SERVICES := publisher counter indexer lagmon
+SERVICES := $(patsubst services/%/,%,$(wildcard services/*/))
 TEST_PATHS = $(if $(SERVICE),services/$(SERVICE)/tests)
 .PHONY: check-service
 check-service:
 	@[ -z "$(SERVICE)" ] || [ -d "services/$(SERVICE)/tests" ] || { echo "SERVICE must be one of: $(SERVICES) (got '$(SERVICE)')" >&2; exit 2; }
 
-test: check-service up helm ## the whole suite (unit, integration, e2e) against the real stack; SERVICE=counter: one team's tests
+test: check-service up helm $(ASYNCAPI_PARSER) ## the whole suite (unit, integration, e2e) against the real stack; SERVICE=counter: one team's tests
 	scripts/ensure-chromium.sh
 	scripts/ensure-promtool.sh
 	$(STACK_ENV); $(PYTEST) $(TEST_PATHS) $(ARGS)
 
-test-unit: install helm ## fast tests that need no server
+test-unit: install helm $(ASYNCAPI_PARSER) ## fast tests that need no server
 	$(PYTEST) -m "not integration and not e2e" $(ARGS)
 
 test-integration: up ## tests against the real Kafka / PostgreSQL / Elasticsearch
@@ -106,6 +109,7 @@ lint: install alerts ## ruff + mypy strict + schema drift check + alert rules (p
 	$(UV) run --frozen --no-sync ruff format --check .
 	$(UV) run --frozen --no-sync mypy libs services tests bench deploy/k8s
 	$(UV) run --frozen --no-sync python -m blog_events.schemas --check
+	$(MAKE) --no-print-directory lint-asyncapi
 	$(MAKE) --no-print-directory lint-k8s
 
 alerts: ## promtool: check the alert rules and run their unit tests (installs promtool into .tools/)
@@ -141,7 +145,41 @@ redrive: up ## after a fix, put a group's dead letters back to that group only (
 	$(STACK_ENV); . scripts/service-env.sh; for svc in $(REDRIVE_SERVICES); do \
 		$(UV) run --frozen --no-sync python -m $$svc redrive $(ARGS) || exit $$?; done
 
+# The read models against the log, and rebuilt from it while everything runs (README: Rebuilding
+# and checking the read models). ARGS=--rollback / --prune for the rebuilds.
+.PHONY: verify rebuild-index rebuild-counter
+verify: up ## compare the counter's tables and the search index with blog-events (exit 1 on a difference)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m counter verify && \
+	$(UV) run --frozen --no-sync python -m indexer verify
+
+rebuild-index: up ## build the next index from blog-events and swap the alias, zero downtime (ARGS=--rollback|--prune)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m indexer rebuild $(ARGS)
+
+rebuild-counter: up ## rebuild the counter's tables from blog-events and swap them in (ARGS=--rollback|--prune)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m counter rebuild $(ARGS)
+
 SIZE ?= full
 .PHONY: bench
 bench: up ## the five speed measures beside their references, table + bench/results/bench.json (SIZE=small|medium|full, ARGS=--profile)
 	$(STACK_ENV); $(UV) run --frozen --no-sync python -m bench.run --size $(SIZE) $(ARGS)
+
+.PHONY: new-consumer
+new-consumer: install ## a new consumer group service from templates/consumer/: make new-consumer NAME=tagtrends
+	@test -n "$(NAME)" || { echo "usage: make new-consumer NAME=<lowercase name>" >&2; exit 2; }
+	$(UV) run --frozen --no-sync python scripts/new_consumer.py "$(NAME)" $(ARGS)
+	$(UV) sync --frozen --all-packages && touch .venv/.synced
+
+$(ASYNCAPI_PARSER): scripts/asyncapi/package.json scripts/asyncapi/package-lock.json
+	mkdir -p $(TOOLS)/asyncapi
+	cp scripts/asyncapi/package.json scripts/asyncapi/package-lock.json $(TOOLS)/asyncapi/
+	cd $(TOOLS)/asyncapi && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+.PHONY: asyncapi asyncapi-parser lint-asyncapi
+asyncapi-parser: $(ASYNCAPI_PARSER) ## install the pinned @asyncapi/parser into .tools (npm ci; Node 20)
+
+asyncapi: install $(ASYNCAPI_PARSER) ## regenerate docs/asyncapi.yaml from the JSON Schemas and the topics files, and validate it
+	$(UV) run --frozen --no-sync python scripts/asyncapi/generate.py --validate
+
+lint-asyncapi: install $(ASYNCAPI_PARSER) ## docs/asyncapi.yaml current, and valid by @asyncapi/parser's diagnostics
+	$(UV) run --frozen --no-sync python scripts/asyncapi/generate.py --check --validate

@@ -4,7 +4,8 @@ their ACLs) applied to the local stack's Kafka in KAFKA_AUTH=scram mode.
     kafka_acls.py users                 the user names, one a line (stack.sh formats Kafka with
                                         a SCRAM-SHA-512 credential for each)
     kafka_acls.py apply BOOTSTRAP       make each user's ACLs exactly the manifest's: create what
-                                        is missing, delete what is not in it (allow, literal)
+                                        is missing, delete what is not in it (allow ACLs,
+                                        literal or prefix patterns)
 
 `apply` logs in as the stack's admin user (`BLOG_KAFKA_*`, service_kit.kafka_clients), a super
 user of the StandardAuthorizer. aiokafka has no ACL methods, so the requests are its protocol's
@@ -43,6 +44,8 @@ OPERATIONS = {
     "IdempotentWrite": 12,
 }
 PATTERN_LITERAL = 3
+PATTERN_PREFIXED = 4
+PATTERNS = {"literal": PATTERN_LITERAL, "prefix": PATTERN_PREFIXED}
 PATTERN_ANY = 1
 RESOURCE_ANY = 1
 OPERATION_ANY = 1
@@ -50,8 +53,8 @@ PERMISSION_ANY = 1
 PERMISSION_ALLOW = 3
 ANY_HOST = "*"
 
-# (resource type, resource name, operation) as wire codes and names.
-Acl = tuple[int, str, int]
+# (resource type, resource name, pattern type, operation) as wire codes and names.
+Acl = tuple[int, str, int, int]
 
 
 def users(path: Path = USERS_FILE) -> dict[str, set[Acl]]:
@@ -63,14 +66,17 @@ def users(path: Path = USERS_FILE) -> dict[str, set[Acl]]:
         acls: set[Acl] = set()
         for acl in doc["spec"]["authorization"]["acls"]:
             resource = acl["resource"]
-            if (
-                resource.get("patternType", "literal") != "literal"
-                or acl.get("type", "allow") != "allow"
-            ):
-                raise SystemExit(f"{path}: only literal allow ACLs are supported: {acl}")
+            pattern = PATTERNS.get(resource.get("patternType", "literal"))
+            if pattern is None or acl.get("type", "allow") != "allow":
+                raise SystemExit(f"{path}: only literal or prefix allow ACLs are supported: {acl}")
             for operation in acl["operations"]:
                 acls.add(
-                    (RESOURCE_TYPES[resource["type"]], resource["name"], OPERATIONS[operation])
+                    (
+                        RESOURCE_TYPES[resource["type"]],
+                        resource["name"],
+                        pattern,
+                        OPERATIONS[operation],
+                    )
                 )
         found[doc["metadata"]["name"]] = acls
     return found
@@ -97,9 +103,9 @@ async def current_acls(admin: AIOKafkaAdminClient, principal: str) -> set[Acl]:
     if response.error_code:
         raise SystemExit(f"DescribeAcls {principal}: error {response.error_code}")
     return {
-        (resource_type, name, operation)
+        (resource_type, name, pattern, operation)
         for resource_type, name, pattern, acls in response.resources
-        if pattern == PATTERN_LITERAL
+        if pattern in PATTERNS.values()
         for _principal, host, operation, permission in acls
         if host == ANY_HOST and permission == PERMISSION_ALLOW
     }
@@ -114,21 +120,23 @@ async def apply(bootstrap: str) -> int:
             have = await current_acls(admin, principal)
             missing, extra = wanted - have, have - wanted
             # One request per ACL: aiokafka's request builders take one entry each.
-            for rtype, name, op in sorted(missing):
+            for rtype, name, pattern, op in sorted(missing):
                 response = await _send(
                     admin,
                     CreateAclsRequest(
-                        rtype, name, PATTERN_LITERAL, principal, ANY_HOST, op, PERMISSION_ALLOW
+                        rtype, name, pattern, principal, ANY_HOST, op, PERMISSION_ALLOW
                     ),
                 )
                 errors = [e for e in response.creation_responses if e[0]]
                 if errors:
-                    raise SystemExit(f"CreateAcls {principal} {(rtype, name, op)}: {errors}")
-            for rtype, name, op in sorted(extra):
+                    raise SystemExit(
+                        f"CreateAcls {principal} {(rtype, name, pattern, op)}: {errors}"
+                    )
+            for rtype, name, pattern, op in sorted(extra):
                 await _send(
                     admin,
                     DeleteAclsRequest(
-                        rtype, name, PATTERN_LITERAL, principal, ANY_HOST, op, PERMISSION_ALLOW
+                        rtype, name, pattern, principal, ANY_HOST, op, PERMISSION_ALLOW
                     ),
                 )
             print(

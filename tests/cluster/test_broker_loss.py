@@ -128,7 +128,15 @@ async def run_module(module: str, *args: str, env: dict[str, str]) -> tuple[int,
         env={**os.environ, **env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), 120)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+    except TimeoutError:
+        process.kill()
+        out, err = await process.communicate()
+        pytest.fail(
+            f"python -m {module} {' '.join(args)} did not finish in 120 s; its stderr:\n"
+            + err.decode(errors="replace")[-4000:]
+        )
     assert process.returncode is not None
     text = out.decode(errors="replace")
     if process.returncode != 0:

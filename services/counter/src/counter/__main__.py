@@ -2,7 +2,10 @@
 applies the migrations; `python -m counter topics apply [--dry-run]` reconciles the counter
 team's topics (its dead-letter and retry topics) with `services/counter/topics.yaml`;
 `python -m counter redrive [--dry-run] [--max-attempts N]` moves the group's dead letters to its
-retry topic (service_kit.redrive)."""
+retry topic (service_kit.redrive);
+`python -m counter verify` compares the tables with the log (exit 0 agree, 1 differ);
+`python -m counter rebuild [--rollback | --prune]` rebuilds them from the log without downtime
+(`counter.rebuild`)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from pydantic import ValidationError
 
 from blog_events import Envelope
 from counter.app import create_app, migrate
+from counter.rebuild import main_rebuild
 from counter.settings import Settings
+from counter.verify import main_verify
 from service_kit import kafka_clients
 from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
@@ -45,7 +50,26 @@ def main(
         )
     parser = argparse.ArgumentParser(prog="python -m counter")
     parser.add_argument(
-        "command", nargs="?", choices=["serve", "migrate", "redrive"], default="serve"
+        "command",
+        nargs="?",
+        choices=["serve", "migrate", "redrive", "verify", "rebuild"],
+        default="serve",
+    )
+    parser.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=30.0,
+        help="verify: seconds to wait for blogs still in flight in the live group (default 30)",
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--rollback", action="store_true", help="rebuild: swap the previous tables back"
+    )
+    what.add_argument("--prune", action="store_true", help="rebuild: drop the previous tables")
+    what.add_argument(
+        "--fresh",
+        action="store_true",
+        help="rebuild: start over instead of resuming an interrupted rebuild",
     )
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "redrive":
@@ -60,6 +84,10 @@ def main(
     kafka_clients.configure(settings.kafka_security())
     if args.command == "redrive":
         return redrive_command(rest, settings, "python -m counter")
+    if args.command == "rebuild":
+        return main_rebuild(settings, rollback=args.rollback, prune=args.prune, fresh=args.fresh)
+    if args.command == "verify":
+        return main_verify(settings, args.settle_timeout)
     if args.command == "migrate":
         applied = asyncio.run(migrate(settings))
         print(f"applied: {', '.join(applied)}" if applied else "migrations up to date")

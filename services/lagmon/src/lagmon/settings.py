@@ -39,6 +39,8 @@ class Settings(KafkaClientSettings):
     # Deadline for fetching the records whose timestamps give the lag in seconds.
     timestamp_fetch_timeout_s: float = Field(default=3.0, gt=0)
     request_timeout_s: float = Field(default=10.0, gt=0)
+    # A whole sample (several requests) taking longer fails as ERR and the clients are rebuilt.
+    sample_timeout_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
 
     @field_validator("expected_groups", mode="before")
@@ -57,6 +59,8 @@ class Settings(KafkaClientSettings):
             raise ValueError("stall_after_s must not exceed window_s")
         if self.history_s < self.window_s:
             raise ValueError("history_s must be at least window_s")
+        if self.sample_timeout_s <= self.request_timeout_s:
+            raise ValueError("sample_timeout_s must exceed request_timeout_s")
         return self
 
     @property

@@ -14,14 +14,17 @@ PYTEST := $(UV) run --frozen --no-sync pytest
 PROMTOOL := $(TOOLS)/bin/promtool
 ALERT_RULES := deploy/prometheus/lagmon-alerts.yml
 ALERT_RULE_TESTS := deploy/prometheus/lagmon-alerts.test.yml
+# @asyncapi/parser (validates docs/asyncapi.yaml), pinned by scripts/asyncapi/package-lock.json.
+ASYNCAPI_PARSER := $(TOOLS)/asyncapi/.installed
 STACK := deploy/local/stack.sh
 # `make test` exports the stack's addresses (written by `make up`) to the tests.
 STACK_ENV = set -a; . .state/stack.env; set +a
 
 .PHONY: help install up down status clean run test test-unit test-integration test-e2e test-cluster topics lint fmt schemas author lag bench-pipeline chaos alerts
 
-# Each team applies the topics it owns (services/<svc>/topics.yaml) through its own CLI.
-TOPIC_OWNERS := publisher counter indexer
+# Each team applies the topics it owns (services/<svc>/topics.yaml) through its own CLI; a
+# service made by `make new-consumer` is one of them as soon as it exists.
+TOPIC_OWNERS := publisher $(filter-out publisher,$(patsubst services/%/topics.yaml,%,$(wildcard services/*/topics.yaml)))
 APPLY_TOPICS = $(STACK_ENV); for svc in $(TOPIC_OWNERS); do \
 	$(UV) run --frozen --no-sync python -m $$svc topics apply $(1) || exit $$?; done
 
@@ -32,8 +35,9 @@ $(UV):
 	python3 -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
 
+# The bench group (FastStream, the peer of `make bench`) is installed too: lint type-checks bench/.
 .venv/.synced: $(UV) uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
-	$(UV) sync --frozen --all-packages
+	$(UV) sync --frozen --all-packages --group bench
 	@touch $@
 
 install: .venv/.synced ## install Python deps into .venv (uv, one lockfile)
@@ -69,12 +73,19 @@ clean: down ## stop the stack and wipe its state (data, logs, downloads copied f
 run: up ## run the whole system in the foreground (Ctrl-C stops the services)
 	$(STACK_ENV); scripts/run-services.sh
 
-test: up helm ## the whole suite (unit, integration, e2e) against the real stack
+# SERVICE=counter (publisher, indexer, lagmon): only that team's own tests (services/<svc>/tests).
+SERVICES := $(patsubst services/%/,%,$(wildcard services/*/))
+TEST_PATHS = $(if $(SERVICE),services/$(SERVICE)/tests)
+.PHONY: check-service
+check-service:
+	@[ -z "$(SERVICE)" ] || [ -d "services/$(SERVICE)/tests" ] || { echo "SERVICE must be one of: $(SERVICES) (got '$(SERVICE)')" >&2; exit 2; }
+
+test: check-service up helm $(ASYNCAPI_PARSER) ## the whole suite (unit, integration, e2e) against the real stack; SERVICE=counter: one team's tests
 	scripts/ensure-chromium.sh
 	scripts/ensure-promtool.sh
-	$(STACK_ENV); $(PYTEST) $(ARGS)
+	$(STACK_ENV); $(PYTEST) $(TEST_PATHS) $(ARGS)
 
-test-unit: install helm ## fast tests that need no server
+test-unit: install helm $(ASYNCAPI_PARSER) ## fast tests that need no server
 	$(PYTEST) -m "not integration and not e2e" $(ARGS)
 
 test-integration: up ## tests against the real Kafka / PostgreSQL / Elasticsearch
@@ -88,11 +99,18 @@ test-cluster: install ## broker loss under load on a 3-node Kafka (marker `clust
 	KAFKA_NODES=$${KAFKA_NODES:-3} $(MAKE) --no-print-directory up
 	$(STACK_ENV); BLOG_REQUIRE_CLUSTER=1 $(PYTEST) -m cluster $(ARGS)
 
+# KAFKA_AUTH=scram: its own Kafka state (one node); with a plaintext stack running, `make down` first.
+.PHONY: test-acl
+test-acl: install ## Kafka least privilege: each service's own SCRAM user and ACLs (marker acl; starts KAFKA_AUTH=scram if needed)
+	KAFKA_AUTH=scram $(MAKE) --no-print-directory up
+	$(STACK_ENV); BLOG_REQUIRE_ACL=1 $(PYTEST) -m acl -v -s $(ARGS)
+
 lint: install alerts ## ruff + mypy strict + schema drift check + alert rules (promtool) + the charts' and deploy/k8s's checks
 	$(UV) run --frozen --no-sync ruff check .
 	$(UV) run --frozen --no-sync ruff format --check .
 	$(UV) run --frozen --no-sync mypy libs services tests bench deploy/k8s
 	$(UV) run --frozen --no-sync python -m blog_events.schemas --check
+	$(MAKE) --no-print-directory lint-asyncapi
 	$(MAKE) --no-print-directory lint-k8s
 
 alerts: ## promtool: check the alert rules and run their unit tests (installs promtool into .tools/)
@@ -111,7 +129,7 @@ author: up ## create an author and print its API token: make author NAME=alice
 	$(STACK_ENV); scripts/create-author.sh "$(NAME)"
 
 lag: up ## consumer lag per group and partition, refreshed every 5 s (ARGS=--json for JSON)
-	$(STACK_ENV); LAGMON_KAFKA_BOOTSTRAP_SERVERS=$$BLOG_KAFKA_BOOTSTRAP $(UV) run --frozen --no-sync python -m lagmon status --watch 5 $(ARGS)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m lagmon status --watch 5 $(ARGS)
 
 bench-pipeline: up ## POST latency and POST->counted / POST->searchable, p50/p99 (ARGS="--posts 300 --rate 30")
 	$(STACK_ENV); $(UV) run --frozen --no-sync python bench/pipeline_latency.py $(ARGS)
@@ -120,14 +138,49 @@ N ?= 2000
 chaos: up ## kill -9 services (and, with KAFKA_NODES=3, brokers) and restart Kafka under load, then check exactly-once (make chaos N=2000)
 	$(STACK_ENV); $(UV) run --frozen --no-sync python -m tests.chaos.chaos_run --writes $(N)
 
-# Every group's dead-letter topic by default: a record both groups dead-lettered goes back once.
-DLQ ?= blog-events.counter.dlq,blog-events.indexer.dlq
+# Each group's redrive moves its own dead letters to its own retry topic, which no other group
+# reads (SERVICE=counter or indexer: that group only; default both).
+REDRIVE_SERVICES = $(or $(SERVICE),counter indexer)
 .PHONY: redrive
-redrive: up ## re-publish dead letters to their source topic after a fix (DLQ=blog-events.counter.dlq ARGS=--dry-run)
-	$(STACK_ENV); $(UV) run --frozen --no-sync python -m service_kit.redrive --bootstrap "$$BLOG_KAFKA_BOOTSTRAP" --dlq-topic $(DLQ) $(ARGS)
+redrive: up ## after a fix, put a group's dead letters back to that group only (SERVICE=counter ARGS="--dry-run --max-attempts 3")
+	$(STACK_ENV); . scripts/service-env.sh; for svc in $(REDRIVE_SERVICES); do \
+		$(UV) run --frozen --no-sync python -m $$svc redrive $(ARGS) || exit $$?; done
+
+# The read models against the log, and rebuilt from it while everything runs (README: Rebuilding
+# and checking the read models). ARGS=--rollback / --prune for the rebuilds.
+.PHONY: verify rebuild-index rebuild-counter
+verify: up ## compare the counter's tables and the search index with blog-events (exit 1 on a difference)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m counter verify && \
+	$(UV) run --frozen --no-sync python -m indexer verify
+
+rebuild-index: up ## build the next index from blog-events and swap the alias, zero downtime (ARGS=--rollback|--prune)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m indexer rebuild $(ARGS)
+
+rebuild-counter: up ## rebuild the counter's tables from blog-events and swap them in (ARGS=--rollback|--prune)
+	$(STACK_ENV); . scripts/service-env.sh; $(UV) run --frozen --no-sync python -m counter rebuild $(ARGS)
 
 SIZE ?= full
 .PHONY: bench
 bench: up ## the speed measures beside their references, table + bench/results/bench.json (SIZE=small|medium|full, ARGS=--profile)
-	$(UV) sync --frozen --all-packages --group bench --inexact -q  # the FastStream peer (bench only)
 	$(STACK_ENV); $(UV) run --frozen --no-sync python -m bench.run --size $(SIZE) $(ARGS)
+
+.PHONY: new-consumer
+new-consumer: install ## a new consumer group service from templates/consumer/: make new-consumer NAME=tagtrends
+	@test -n "$(NAME)" || { echo "usage: make new-consumer NAME=<lowercase name>" >&2; exit 2; }
+	$(UV) run --frozen --no-sync python scripts/new_consumer.py "$(NAME)" $(ARGS)
+	$(UV) sync --frozen --all-packages --group bench && touch .venv/.synced
+
+$(ASYNCAPI_PARSER): scripts/asyncapi/package.json scripts/asyncapi/package-lock.json
+	mkdir -p $(TOOLS)/asyncapi
+	cp scripts/asyncapi/package.json scripts/asyncapi/package-lock.json $(TOOLS)/asyncapi/
+	cd $(TOOLS)/asyncapi && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+.PHONY: asyncapi asyncapi-parser lint-asyncapi
+asyncapi-parser: $(ASYNCAPI_PARSER) ## install the pinned @asyncapi/parser into .tools (npm ci; Node 20)
+
+asyncapi: install $(ASYNCAPI_PARSER) ## regenerate docs/asyncapi.yaml from the JSON Schemas and the topics files, and validate it
+	$(UV) run --frozen --no-sync python scripts/asyncapi/generate.py --validate
+
+lint-asyncapi: install $(ASYNCAPI_PARSER) ## docs/asyncapi.yaml current, and valid by @asyncapi/parser's diagnostics
+	$(UV) run --frozen --no-sync python scripts/asyncapi/generate.py --check --validate

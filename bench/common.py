@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from blog_testkit import processes
 from blog_testkit.plugin import (
-    create_database,
+    create_service_database,
     create_topic,
     delete_indices,
     delete_topic,
@@ -31,6 +31,7 @@ from blog_testkit.plugin import (
     unique_name,
 )
 from blog_testkit.processes import ServiceProcess, free_port
+from blog_testkit.stack import service_dsns
 from publisher.auth import create_author
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +103,8 @@ class Workspace:
     stack: StackAddresses
     partitions: int = PARTITIONS
     database: str = ""  # created on entry
-    database_url: str = ""
+    database_url: str = ""  # the platform's admin role (seeding, reading totals)
+    service_urls: dict[str, str] = field(default_factory=dict)  # each service's own role
     topic: str = field(default_factory=lambda: unique_name("bench-"))
     prefix: str = field(default_factory=lambda: unique_name("bench-"))
     services: list[ServiceProcess] = field(default_factory=list)
@@ -115,7 +117,9 @@ class Workspace:
         return f"{name}-{self.prefix}"
 
     async def __aenter__(self) -> Workspace:
-        self.database, self.database_url = await create_database(self.stack.postgres_dsn, "bench_")
+        self.database, self.database_url, self.service_urls = await create_service_database(
+            self.stack.postgres_dsn, service_dsns(os.environ), "bench_"
+        )
         await create_topic(
             self.stack.kafka,
             self.topic,
@@ -153,7 +157,7 @@ class Workspace:
             "publisher",
             "publisher",
             {
-                "PUBLISHER_DATABASE_URL": self.database_url,
+                "PUBLISHER_DATABASE_URL": self.service_urls["publisher"],
                 "PUBLISHER_KAFKA_BOOTSTRAP_SERVERS": self.stack.kafka,
                 "PUBLISHER_TOPIC": self.topic,
                 "PUBLISHER_STATUS_GROUPS": json.dumps(list(status_groups)),
@@ -166,7 +170,7 @@ class Workspace:
             "counter",
             "counter",
             {
-                "COUNTER_DATABASE_URL": self.database_url,
+                "COUNTER_DATABASE_URL": self.service_urls["counter"],
                 "COUNTER_KAFKA_BOOTSTRAP_SERVERS": self.stack.kafka,
                 "COUNTER_TOPIC": self.topic,
                 "COUNTER_GROUP_ID": self.group("counter"),

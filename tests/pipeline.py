@@ -73,7 +73,7 @@ class Pipeline:
 @pytest_asyncio.fixture
 async def pipeline(
     stack: Stack,
-    database_url: str,
+    service_database_urls: dict[str, str],
     topic: str,
     es_prefix: str,
     service_processes: Callable[..., ServiceProcess],
@@ -83,7 +83,8 @@ async def pipeline(
     # Each group's own dead-letter topic, as the teams' topics files declare them.
     await create_dead_letter_topics(stack.kafka_bootstrap, topic, [counter_group, indexer_group])
     publisher_env = {
-        "PUBLISHER_DATABASE_URL": database_url,
+        # Each service as its own PostgreSQL role, owner of its schema only.
+        "PUBLISHER_DATABASE_URL": service_database_urls["publisher"],
         "PUBLISHER_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
         "PUBLISHER_TOPIC": topic,
         "PUBLISHER_STATUS_GROUPS": json.dumps([counter_group, indexer_group]),
@@ -93,7 +94,7 @@ async def pipeline(
         "counter",
         "counter",
         {
-            "COUNTER_DATABASE_URL": database_url,
+            "COUNTER_DATABASE_URL": service_database_urls["counter"],
             "COUNTER_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
             "COUNTER_TOPIC": topic,
             "COUNTER_GROUP_ID": counter_group,

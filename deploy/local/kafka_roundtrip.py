@@ -5,7 +5,8 @@ freshly produced message is read back (acks=all).
 
 Without --node: all N brokers must be live in the cluster's metadata. With --node: that node must
 answer on its own address and list itself as a live broker (it rejoined), the others may be down.
-Exit 0 when ready, 1 otherwise (the caller retries)."""
+Exit 0 when ready, 1 otherwise (the caller retries). It logs in as the stack's `BLOG_KAFKA_*`
+variables say (the admin user with KAFKA_AUTH=scram: service_kit.kafka_clients)."""
 
 import argparse
 import asyncio
@@ -16,12 +17,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from service_kit.kafka_clients import client_options
+
 TOPIC = "_stack_healthcheck"
 GROUP = "_stack_healthcheck"
 
 
 async def live_brokers(bootstrap: str) -> set[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=5000, **client_options()
+    )
     await admin.start()
     try:
         cluster = await admin.describe_cluster()
@@ -31,7 +36,9 @@ async def live_brokers(bootstrap: str) -> set[int]:
 
 
 async def ensure_topic(bootstrap: str, nodes: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=5000, **client_options()
+    )
     await admin.start()
     try:
         # One copy per node up to 3, but a write needs only one of them: the probe must pass
@@ -51,7 +58,9 @@ async def ensure_topic(bootstrap: str, nodes: int) -> None:
 
 async def round_trip(bootstrap: str, *, commit: bool) -> bool:
     marker = uuid.uuid4().bytes
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=5000)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", request_timeout_ms=5000, **client_options()
+    )
     await producer.start()
     try:
         sent = await producer.send_and_wait(TOPIC, marker)
@@ -60,7 +69,10 @@ async def round_trip(bootstrap: str, *, commit: bool) -> bool:
     # With a group: the first commit creates __consumer_offsets while every node is up (with
     # replication factor 3 it cannot be created with a node missing).
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=GROUP if commit else None, enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        group_id=GROUP if commit else None,
+        enable_auto_commit=False,
+        **client_options(),
     )
     await consumer.start()
     try:

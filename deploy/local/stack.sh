@@ -17,6 +17,8 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="$REPO_ROOT/deploy/local"
 # An explicit KAFKA_NODES is a request (checked against what runs); stack.conf only defaults it.
 KAFKA_NODES_ASKED="${KAFKA_NODES:-}"
+# KAFKA_AUTH=scram: SASL/SCRAM-SHA-512 + the StandardAuthorizer, a user per KafkaUser manifest.
+KAFKA_AUTH_ASKED="${KAFKA_AUTH:-}"
 # shellcheck source=stack.conf
 . "$HERE/stack.conf"
 case "$STATE_DIR" in /*) ;; *) STATE_DIR="$PWD/$STATE_DIR" ;; esac
@@ -123,6 +125,7 @@ es_home() { find "$STATE_DIR/es/dist" -mindepth 1 -maxdepth 1 -type d -name 'ela
 # layout runs at a time (they share the first node's ports).
 
 kafka_layout_dir() { # nodes
+  if [ "${KAFKA_AUTH:-none}" = scram ]; then echo "$STATE_DIR/kafka-scram"; return; fi
   if [ "$1" = 1 ]; then echo "$STATE_DIR/kafka"; else echo "$STATE_DIR/kafka-${1}nodes"; fi
 }
 kafka_node_dir() { # node
@@ -141,10 +144,10 @@ kafka_pidfile() { echo "$(kafka_node_dir "$1")/kafka.pid"; }
 # Every Kafka pid file of every layout that has one, "<nodes> <pidfile>" per line.
 kafka_all_pidfiles() {
   local f nodes
-  for f in "$STATE_DIR"/kafka/kafka.pid "$STATE_DIR"/kafka-*nodes/node-*/kafka.pid; do
+  for f in "$STATE_DIR"/kafka/kafka.pid "$STATE_DIR"/kafka-scram/kafka.pid "$STATE_DIR"/kafka-*nodes/node-*/kafka.pid; do
     [ -e "$f" ] || continue
     case "$f" in
-      "$STATE_DIR"/kafka/kafka.pid) nodes=1 ;;
+      "$STATE_DIR"/kafka/kafka.pid|"$STATE_DIR"/kafka-scram/kafka.pid) nodes=1 ;;
       *) nodes="${f#"$STATE_DIR"/kafka-}"; nodes="${nodes%%nodes/*}" ;;
     esac
     echo "$nodes $f"
@@ -157,6 +160,41 @@ kafka_running_layout() {
   while read -r nodes f; do
     if pid_alive "$f" kafka.Kafka; then echo "$nodes"; return; fi
   done < <(kafka_all_pidfiles)
+}
+
+# The auth of the layout that runs now: scram, none, or empty when no Kafka runs.
+kafka_running_auth() {
+  if pid_alive "$STATE_DIR/kafka-scram/kafka.pid" kafka.Kafka; then echo scram
+  elif [ -n "$(kafka_running_layout)" ]; then echo none
+  fi
+}
+
+# KAFKA_AUTH (none|scram) like KAFKA_NODES: asked, else what runs, else (stop/start) what `up`
+# started last, else none. The scram layout has its own state (kafka-scram/) and one node.
+resolve_kafka_auth() { # up|one
+  local running
+  running="$(kafka_running_auth)"
+  case "$KAFKA_AUTH_ASKED" in
+    ""|none|scram) ;;
+    *) die "KAFKA_AUTH must be none or scram (got '$KAFKA_AUTH_ASKED')" ;;
+  esac
+  if [ -n "$KAFKA_AUTH_ASKED" ]; then
+    if [ -n "$running" ] && [ "$running" != "$KAFKA_AUTH_ASKED" ]; then
+      die "Kafka runs with KAFKA_AUTH=$running, KAFKA_AUTH=$KAFKA_AUTH_ASKED was asked for: run 'make down' first (each mode keeps its own data)"
+    fi
+    KAFKA_AUTH="$KAFKA_AUTH_ASKED"
+  elif [ -n "$running" ]; then
+    KAFKA_AUTH="$running"
+  elif [ "$1" = one ] && [ -s "$STATE_DIR/kafka.auth" ]; then
+    KAFKA_AUTH="$(cat "$STATE_DIR/kafka.auth")"
+  else
+    KAFKA_AUTH=none
+  fi
+  if [ "$KAFKA_AUTH" = scram ] && [ -n "$KAFKA_NODES_ASKED" ] && [ "$KAFKA_NODES_ASKED" != 1 ]; then
+    die "KAFKA_AUTH=scram runs one Kafka node (KAFKA_NODES=$KAFKA_NODES_ASKED was asked for)"
+  fi
+  [ "$KAFKA_AUTH" = scram ] && KAFKA_NODES_ASKED=1
+  return 0
 }
 
 # Which layout a command works on: KAFKA_NODES when asked for, else the one that runs, else (for
@@ -200,11 +238,19 @@ kafka_server_properties() { # node dir
 process.roles=broker,controller
 node.id=$i
 $quorum
+EOF
+  if [ "$KAFKA_AUTH" = scram ]; then
+    kafka_scram_properties "$i"
+  else
+    cat <<EOF
 listeners=PLAINTEXT://127.0.0.1:$(kafka_node_port "$i"),CONTROLLER://127.0.0.1:$(kafka_node_controller_port "$i")
 advertised.listeners=PLAINTEXT://127.0.0.1:$(kafka_node_port "$i")
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+EOF
+  fi
+  cat <<EOF
 log.dirs=$dir/data
 num.partitions=6
 auto.create.topics.enable=false
@@ -221,16 +267,69 @@ log.retention.hours=168
 EOF
 }
 
+# KAFKA_AUTH=scram: clients (and the broker itself) log in with SCRAM-SHA-512 on SASL_PLAINTEXT;
+# the controller listener uses PLAIN with the admin user only (SCRAM credentials live in the
+# metadata log, which the controllers must read first). Every request is authorised by the
+# StandardAuthorizer: the admin user (the stack's own tools) is the only super user, the services'
+# users get exactly the ACLs of deploy/k8s/platform/kafka-users.yaml (kafka_acls.py).
+kafka_scram_properties() { # node
+  local pw; pw="$(kafka_password "$KAFKA_ADMIN_USER")"
+  cat <<EOF
+listeners=SASL_PLAINTEXT://127.0.0.1:$(kafka_node_port "$1"),CONTROLLER://127.0.0.1:$(kafka_node_controller_port "$1")
+advertised.listeners=SASL_PLAINTEXT://127.0.0.1:$(kafka_node_port "$1")
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SASL_PLAINTEXT
+listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$KAFKA_ADMIN_USER" password="$pw";
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="$KAFKA_ADMIN_USER" password="$pw" user_$KAFKA_ADMIN_USER="$pw";
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:$KAFKA_ADMIN_USER
+allow.everyone.if.no.acl.found=false
+EOF
+}
+
+# A Kafka user's generated password (created on first use, kept in the secrets folder).
+kafka_password() { # user
+  local file="$STATE_DIR/secrets/kafka_${1}_password"
+  mkdir -p "$STATE_DIR/secrets"; chmod 700 "$STATE_DIR/secrets"
+  [ -s "$file" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$file"
+  cat "$file"
+}
+
+# The users of the KafkaUser manifests (one source), plus the stack's admin.
+kafka_users() { "$REPO_ROOT/.venv/bin/python" "$HERE/kafka_acls.py" users; }
+
+# The admin's credentials in the environment of one command (never on a command line).
+kafka_as_admin() {
+  if [ "$KAFKA_AUTH" = scram ]; then
+    BLOG_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT BLOG_KAFKA_SASL_MECHANISM=SCRAM-SHA-512 \
+      BLOG_KAFKA_SASL_USERNAME="$KAFKA_ADMIN_USER" BLOG_KAFKA_SASL_PASSWORD="$(kafka_password "$KAFKA_ADMIN_USER")" "$@"
+  else
+    "$@"
+  fi
+}
+
 # The cluster id of a formatted node (empty when the node is not formatted).
 kafka_node_cluster_id() { sed -n 's/^cluster.id=//p' "$1/data/meta.properties" 2>/dev/null || true; }
 
 kafka_format_node() { # node dir cluster_id
-  local i="$1" dir="$2" cluster_id="$3" standalone=()
+  local i="$1" dir="$2" cluster_id="$3" standalone=() scram=() user
   [ "$KAFKA_NODES" = 1 ] && standalone=(--standalone)
+  if [ "$KAFKA_AUTH" = scram ]; then
+    # Each user's SCRAM credential goes into the metadata at format time (the brokers need the
+    # admin's to start); a user added to the manifests later needs a fresh layout (make clean).
+    for user in "$KAFKA_ADMIN_USER" $(kafka_users); do
+      scram+=(--add-scram "SCRAM-SHA-512=[name=$user,password=$(kafka_password "$user")]")
+    done
+  fi
   log "formatting Kafka storage of node $i (cluster $cluster_id)"
   java -Dlog4j2.configurationFile="$HERE/kafka-log4j2.xml" -Dkafka.logs.dir="$dir/logs" \
     -cp "$STATE_DIR/kafka/lib/*" kafka.tools.StorageTool format -g -t "$cluster_id" \
-    -c "$dir/server.properties" "${standalone[@]}" >"$dir/logs/format.log" 2>&1 \
+    -c "$dir/server.properties" "${standalone[@]}" "${scram[@]}" >"$dir/logs/format.log" 2>&1 \
     || die "kafka storage format of node $i failed; see $dir/logs/format.log"
 }
 
@@ -254,6 +353,7 @@ kafka_prepare() {
     dir="$(kafka_node_dir "$i")"
     mkdir -p "$dir/data" "$dir/logs"
     kafka_server_properties "$i" "$dir" >"$dir/server.properties"
+    chmod 600 "$dir/server.properties"  # with KAFKA_AUTH=scram it holds the admin's password
     found="$(kafka_node_cluster_id "$dir")"
     if [ -z "$found" ]; then
       if [ -n "$formatted" ]; then
@@ -283,6 +383,7 @@ kafka_up() {
   local i
   kafka_prepare
   echo "$KAFKA_NODES" >"$STATE_DIR/kafka.nodes"
+  echo "$KAFKA_AUTH" >"$STATE_DIR/kafka.auth"
   for i in $(kafka_nodes); do kafka_start_node "$i"; done
 }
 
@@ -304,7 +405,7 @@ kafka_stop_all() { # signal
 kafka_ready() { # [node]: that node answers and the cluster does a produce/consume round trip
   local args=("$(kafka_bootstrap)" --nodes "$KAFKA_NODES")
   [ -n "${1:-}" ] && args+=(--node "$1" --node-address "127.0.0.1:$(kafka_node_port "$1")")
-  "$REPO_ROOT/.venv/bin/python" "$HERE/kafka_roundtrip.py" "${args[@]}"
+  kafka_as_admin "$REPO_ROOT/.venv/bin/python" "$HERE/kafka_roundtrip.py" "${args[@]}"
 }
 
 kafka_wait_ready() { # [node]
@@ -329,7 +430,11 @@ pg_up() {
   [ -x "$PG_BIN/postgres" ] || die "PostgreSQL server binaries not found in $PG_BIN (Debian: apt-get install postgresql-15)"
   mkdir -p "$dir/run" "$STATE_DIR/secrets"
   chmod 700 "$STATE_DIR/secrets"
-  if pid_alive "$pidfile" postgres; then log "postgres already running (pid $(cat "$pidfile"))"; return; fi
+  if pid_alive "$pidfile" postgres; then
+    log "postgres already running (pid $(cat "$pidfile"))"
+    pg_service_roles  # a stack started before the roles existed gets them now
+    return
+  fi
   if [ ! -s "$STATE_DIR/secrets/pg_password" ]; then
     # Generated locally, never committed: the services read it from settings (DATABASE_URL).
     head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$STATE_DIR/secrets/pg_password"
@@ -363,6 +468,49 @@ SELECT format('ALTER ROLE %I PASSWORD %L', :'user', :'pw') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'user')
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
 SQL
+  pg_service_roles
+}
+
+# One login role per service owning only its schema (like deploy/k8s/platform/postgres.yaml):
+# the counter cannot read `publisher.*`, the publisher cannot write `counter.*`. The platform
+# role is a member of each, so it (tests, tooling) can create a schema owned by a service role in
+# a fresh database. A schema an older stack created owned by the platform role is handed over
+# with its tables, views and free-standing sequences.
+pg_service_roles() {
+  local svc password
+  for svc in $PG_SERVICE_ROLES; do
+    if [ ! -s "$STATE_DIR/secrets/pg_${svc}_password" ]; then
+      head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$STATE_DIR/secrets/pg_${svc}_password"
+    fi
+    password="$(cat "$STATE_DIR/secrets/pg_${svc}_password")"
+    runuser -u postgres -- "$PG_BIN/psql" -h "$STATE_DIR/pg/run" -p "$PG_PORT" -U postgres -d "$PG_DATABASE" -qtA \
+      -v ON_ERROR_STOP=1 -v role="$svc" -v pw="$password" -v db="$PG_DATABASE" -v admin="$PG_USER" >/dev/null <<'SQL'
+SET client_min_messages = warning;
+SELECT format('CREATE ROLE %I LOGIN NOINHERIT PASSWORD %L', :'role', :'pw')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
+SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'role', :'pw') \gexec
+SELECT format('GRANT %I TO %I', :'role', :'admin') \gexec
+SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', :'db') \gexec
+SELECT format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I', :'db', :'role') \gexec
+SELECT format('CREATE SCHEMA %I AUTHORIZATION %I', :'role', :'role')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :'role') \gexec
+SELECT format('ALTER SCHEMA %I OWNER TO %I', :'role', :'role') \gexec
+SELECT format('ALTER %s %I.%I OWNER TO %I',
+              CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                             WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+              n.nspname, c.relname, :'role')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = :'role' AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+   AND pg_get_userbyid(c.relowner) <> :'role'
+   -- A sequence owned by a column moves with its table.
+   AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid
+            AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))) \gexec
+SQL
+  done
+}
+
+pg_service_dsn() { # service
+  echo "postgresql://$1:$(cat "$STATE_DIR/secrets/pg_${1}_password")@127.0.0.1:$PG_PORT/$PG_DATABASE"
 }
 
 pg_dsn() { echo "postgresql://$PG_USER:$(cat "$STATE_DIR/secrets/pg_password")@127.0.0.1:$PG_PORT/$PG_DATABASE"; }
@@ -412,15 +560,34 @@ write_env() {
   cat >"$STATE_DIR/stack.env" <<EOF
 BLOG_KAFKA_BOOTSTRAP=$(kafka_bootstrap)
 BLOG_POSTGRES_DSN=$(pg_dsn)
+# Each service's own role (owner of its schema only); BLOG_POSTGRES_DSN is the platform's admin.
+BLOG_PUBLISHER_DSN=$(pg_service_dsn publisher)
+BLOG_COUNTER_DSN=$(pg_service_dsn counter)
 BLOG_ES_URL=http://127.0.0.1:$ES_PORT
 # What this stack was started with, so stack.sh stop|start|kill from its env finds the same nodes.
 KAFKA_NODES=$KAFKA_NODES
+KAFKA_AUTH=$KAFKA_AUTH
 KAFKA_PORT=$KAFKA_PORT
 KAFKA_CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT
 PG_PORT=$PG_PORT
 ES_PORT=$ES_PORT
 ES_TRANSPORT_PORT=$ES_TRANSPORT_PORT
 EOF
+  if [ "$KAFKA_AUTH" = scram ]; then
+    local user upper
+    {
+      echo "# KAFKA_AUTH=scram: the stack's own tools (topics, tests, redrive) log in as the admin user;"
+      echo "# each service as its own user, BLOG_KAFKA_<SVC>_PASSWORD (scripts/service-env.sh)."
+      echo "BLOG_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT"
+      echo "BLOG_KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+      echo "BLOG_KAFKA_SASL_USERNAME=$KAFKA_ADMIN_USER"
+      echo "BLOG_KAFKA_SASL_PASSWORD=$(kafka_password "$KAFKA_ADMIN_USER")"
+      for user in $(kafka_users); do
+        upper="$(echo "$user" | tr '[:lower:]-' '[:upper:]_')"
+        echo "BLOG_KAFKA_${upper}_PASSWORD=$(kafka_password "$user")"
+      done
+    } >>"$STATE_DIR/stack.env"
+  fi
   chmod 600 "$STATE_DIR/stack.env"
 }
 
@@ -428,6 +595,7 @@ cmd_up() {
   need_root; check_java
   [ -x "$REPO_ROOT/.venv/bin/python" ] || die "no .venv: run 'make install' (uv sync) first"
   resolve_state_dir
+  resolve_kafka_auth up
   resolve_kafka_nodes up
   local started=$SECONDS
   fetch
@@ -437,6 +605,11 @@ cmd_up() {
   log "postgres ready"
   kafka_wait_ready
   log "kafka ready: $KAFKA_NODES node(s) at $(kafka_bootstrap) (produce/consume round trip)"
+  if [ "$KAFKA_AUTH" = scram ]; then
+    kafka_as_admin "$REPO_ROOT/.venv/bin/python" "$HERE/kafka_acls.py" apply "$(kafka_bootstrap)" >&2 \
+      || die "applying the KafkaUsers' ACLs failed"
+    log "kafka: SASL/SCRAM-SHA-512 + StandardAuthorizer; users and ACLs of deploy/k8s/platform/kafka-users.yaml"
+  fi
   wait_for elasticsearch "$STATE_DIR/es/logs/blog-local.log" es_ready
   log "elasticsearch ready (cluster health yellow/green)"
   write_env
@@ -471,6 +644,7 @@ cmd_clean() {
 cmd_status() {
   [ -e "$STATE_DIR" ] || { echo "no state folder"; return; }
   STATE_DIR="$(readlink -f "$STATE_DIR")"
+  resolve_kafka_auth one
   resolve_kafka_nodes one
   local name pidfile pattern i
   show() { # name pidfile pattern
@@ -493,6 +667,7 @@ cmd_status() {
 # `kafka` is every node of the layout; `kafka-N` one node. `kill` is SIGKILL (a crash).
 cmd_one() { # stop|start|kill component
   STATE_DIR="$(readlink -f "$STATE_DIR")"
+  resolve_kafka_auth one
   resolve_kafka_nodes one
   local node=""
   case "$2" in
@@ -522,7 +697,7 @@ case "${1:-}" in
   down) cmd_down ;;
   clean) cmd_clean ;;
   status) cmd_status ;;
-  quorum) STATE_DIR="$(readlink -f "$STATE_DIR")"; resolve_kafka_nodes one; kafka_quorum ;;
+  quorum) STATE_DIR="$(readlink -f "$STATE_DIR")"; resolve_kafka_auth one; resolve_kafka_nodes one; kafka_quorum ;;
   env) STATE_DIR="$(readlink -f "$STATE_DIR")"; cat "$STATE_DIR/stack.env" ;;
   *) echo "usage: $0 up|down|clean|status|quorum|env|stop|start|kill <component>" >&2; exit 2 ;;
 esac

@@ -38,13 +38,14 @@ from elasticsearch import AsyncElasticsearch
 
 from blog_testkit import ServiceProcess, free_port, group_lag, wait_until
 from blog_testkit.plugin import (
-    create_database,
+    create_service_database,
     create_topic,
     delete_indices,
     delete_topic,
     drop_database,
     unique_name,
 )
+from blog_testkit.stack import service_dsns
 from publisher.auth import create_author
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,7 +175,10 @@ async def chaos_run(
         broker_kills=dict.fromkeys(brokers, 0),
     )
     topic, prefix = unique_name("chaos-"), unique_name("chaos-")
-    database, database_url = await create_database(stack.postgres_dsn, "chaos_")
+    # The services as their own roles; the run reads and seeds as the platform's admin role.
+    database, database_url, service_urls = await create_service_database(
+        stack.postgres_dsn, service_dsns(os.environ), "chaos_"
+    )
     alias = f"{prefix}blogs"
     groups = [f"counter-{prefix}", f"indexer-{prefix}"]
     await create_topic(stack.kafka, topic, groups=groups)
@@ -183,7 +187,7 @@ async def chaos_run(
             "chaos-publisher",
             "publisher",
             {
-                "PUBLISHER_DATABASE_URL": database_url,
+                "PUBLISHER_DATABASE_URL": service_urls["publisher"],
                 "PUBLISHER_KAFKA_BOOTSTRAP_SERVERS": stack.kafka,
                 "PUBLISHER_TOPIC": topic,
                 "PUBLISHER_STATUS_GROUPS": json.dumps(groups),
@@ -194,7 +198,7 @@ async def chaos_run(
             "chaos-counter",
             "counter",
             {
-                "COUNTER_DATABASE_URL": database_url,
+                "COUNTER_DATABASE_URL": service_urls["counter"],
                 "COUNTER_KAFKA_BOOTSTRAP_SERVERS": stack.kafka,
                 "COUNTER_TOPIC": topic,
                 "COUNTER_GROUP_ID": groups[0],

@@ -22,7 +22,7 @@ from elasticsearch import AsyncElasticsearch
 
 from blog_testkit import ServiceProcess, Stack, free_port, wait_until
 from blog_testkit.plugin import (
-    create_database,
+    create_service_database,
     create_topic,
     delete_indices,
     delete_topic,
@@ -139,7 +139,10 @@ async def cluster_fleet(stack: Stack) -> AsyncIterator[Fleet]:
     topic, prefix = unique_name("cluster-"), unique_name("cluster-")
     groups = [f"counter-{prefix}", f"indexer-{prefix}"]
     alias = f"{prefix}blogs"
-    database, database_url = await create_database(stack.postgres_dsn, "cluster_")
+    # The services as their own roles; the fleet seeds and reads as the platform's admin role.
+    database, database_url, service_urls = await create_service_database(
+        stack.postgres_dsn, stack.service_dsns, "cluster_"
+    )
     await create_topic(stack.kafka_bootstrap, topic, groups=groups)
     kafka = stack.kafka_bootstrap
 
@@ -151,7 +154,7 @@ async def cluster_fleet(stack: Stack) -> AsyncIterator[Fleet]:
             f"cluster-publisher-{n}",
             "publisher",
             {
-                "PUBLISHER_DATABASE_URL": database_url,
+                "PUBLISHER_DATABASE_URL": service_urls["publisher"],
                 "PUBLISHER_KAFKA_BOOTSTRAP_SERVERS": kafka,
                 "PUBLISHER_TOPIC": topic,
                 "PUBLISHER_STATUS_GROUPS": json.dumps(groups),
@@ -164,7 +167,7 @@ async def cluster_fleet(stack: Stack) -> AsyncIterator[Fleet]:
             f"cluster-counter-{n}",
             "counter",
             {
-                "COUNTER_DATABASE_URL": database_url,
+                "COUNTER_DATABASE_URL": service_urls["counter"],
                 "COUNTER_KAFKA_BOOTSTRAP_SERVERS": kafka,
                 "COUNTER_TOPIC": topic,
                 "COUNTER_GROUP_ID": groups[0],

@@ -44,11 +44,27 @@ EXPECTED_ACLS = {
         ("topic", "blog-events", "Read"),
         ("group", "counter", "Read"),
         ("topic", "blog-events.counter.dlq", "Write"),
+        # Its redrive: the DLQ to its own retry topic, which only this group reads.
+        ("topic", "blog-events.counter.dlq", "Read"),
+        ("topic", "blog-events.counter.retry", "Read"),
+        ("topic", "blog-events.counter.retry", "Write"),
+        ("group", "counter-redrive", "Read"),
+        # Its rebuild: its own group, deleted once the rebuilt tables are swapped in.
+        ("group", "counter-rebuild", "Read"),
+        ("group", "counter-rebuild", "Delete"),
     },
     "indexer": {
         ("topic", "blog-events", "Read"),
         ("group", "indexer", "Read"),
         ("topic", "blog-events.indexer.dlq", "Write"),
+        # Its redrive: the DLQ to its own retry topic, which only this group reads.
+        ("topic", "blog-events.indexer.dlq", "Read"),
+        ("topic", "blog-events.indexer.retry", "Read"),
+        ("topic", "blog-events.indexer.retry", "Write"),
+        ("group", "indexer-redrive", "Read"),
+        # Its rebuilds: one group per index built (prefix `indexer-rebuild-`), deleted once swapped.
+        ("group", "indexer-rebuild-", "Read"),
+        ("group", "indexer-rebuild-", "Delete"),
     },
     "lagmon": {
         ("group", "*", "Describe"),
@@ -273,12 +289,17 @@ def test_one_kafka_user_per_service_with_exactly_its_acls(
         acls = acls_of(user)
         assert acls == EXPECTED_ACLS[name], name
         for resource_type, resource, operation in acls:
-            assert operation not in {"All", "Create", "Delete", "Alter", "AlterConfigs"}
+            # Delete only on its own rebuild groups (a finished rebuild removes its group).
+            own_rebuild = resource_type == "group" and resource.startswith(f"{name}-rebuild")
+            assert operation not in {"All", "Create", "Alter", "AlterConfigs"}
+            assert operation != "Delete" or own_rebuild, (name, resource, operation)
             assert resource_type != "cluster"
             if resource_type == "topic" and resource != "*":
                 assert resource in topics, f"{name}: ACL on undeclared topic {resource}"
         for acl in user["spec"]["authorization"]["acls"]:
-            assert acl["resource"].get("patternType", "literal") == "literal"
+            # Literal names, but for the indexer's rebuild groups (one per index version).
+            pattern = acl["resource"].get("patternType", "literal")
+            assert pattern == "literal" or acl["resource"]["name"] == "indexer-rebuild-", acl
 
 
 @pytest.mark.usefixtures("helm_binary")

@@ -52,8 +52,9 @@ async def log_contains(service: ServiceProcess, text: str) -> bool:
 
 
 @pytest.fixture
-async def locker(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database_url)
+async def locker(pipeline: Pipeline) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the pipeline's database as the counter's role (owner of its tables)."""
+    connection = await asyncpg.connect(pipeline.counter.env["COUNTER_DATABASE_URL"])
     yield connection
     await connection.close()
 

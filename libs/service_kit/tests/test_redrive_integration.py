@@ -1,6 +1,7 @@
-"""The redrive against a real broker: records dead-lettered by two consumer groups go back to the
-source topic once, what the fixed consumer now understands is handled, what is still bad is
-dead-lettered again, and a second run redrives only what is new."""
+"""The redrive against a real broker: one group's dead letters go to that group's retry topic,
+which it reads beside the source topic and no other group reads; what the fixed consumer now
+understands is handled, what is still bad is dead-lettered again with its attempt count, a
+second run redrives only what is new, and a record at the max-attempts limit is kept."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from blog_testkit import (
     running_batch_consumer,
     wait_until,
 )
-from blog_testkit.plugin import create_topic
+from blog_testkit.plugin import create_dead_letter_topics
 from service_kit.consumer import (
     BatchConsumer,
     ConsumedEvent,
@@ -30,7 +31,8 @@ from service_kit.consumer import (
     ConsumerMetrics,
     Decoder,
 )
-from service_kit.redrive import REDRIVEN_FROM_HEADER, redrive
+from service_kit.redrive import REDRIVE_ATTEMPTS_HEADER, REDRIVEN_FROM_HEADER, redrive
+from service_kit.topics import dead_letter_topic, retry_topic
 
 pytestmark = pytest.mark.integration
 
@@ -72,9 +74,9 @@ async def consuming(
         bootstrap_servers=stack.kafka_bootstrap,
         topic=topic,
         group_id=group,
-        # One dead-letter topic for both groups here: the redrive must still send each source
-        # record back once (the platform gives each group its own, `<topic>.<group>.dlq`).
-        dlq_topic=f"{topic}.dlq",
+        # Each group's own, as the teams' topics files declare them.
+        dlq_topic=dead_letter_topic(topic, group),
+        retry_topic=retry_topic(topic, group),
         retry_initial_s=0.05,
         retry_max_s=0.2,
     )
@@ -82,16 +84,24 @@ async def consuming(
         yield metrics
 
 
+def accept_all() -> Decoder[Envelope]:
+    return Decoder(decode_event, (EventDecodeError,))
+
+
 def dead_lettered(metrics: ConsumerMetrics, group: str) -> float:
     return metrics.events_dead_lettered.labels(group=group)._value.get()  # type: ignore[no-any-return]
 
 
-async def test_redrive_republishes_each_dead_letter_once_after_the_fix(
+async def test_a_groups_redrive_feeds_that_group_only_until_max_attempts(
     stack: Stack, topic: str
 ) -> None:
     fix = Fix()
-    dlq = f"{topic}.dlq"
-    await create_topic(stack.kafka_bootstrap, dlq)
+    # `counter` rejects NEEDS_THE_FIX until the fix; `indexer` understands it from the start;
+    # both reject the poison.
+    counter, indexer = f"{topic}-counter", f"{topic}-indexer"
+    await create_dead_letter_topics(stack.kafka_bootstrap, topic, [counter, indexer])
+    counter_dlq, counter_retry = dead_letter_topic(topic, counter), retry_topic(topic, counter)
+    indexer_retry = retry_topic(topic, indexer)
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
     await producer.start()
     try:
@@ -102,81 +112,112 @@ async def test_redrive_republishes_each_dead_letter_once_after_the_fix(
     finally:
         await producer.stop()
 
-    seen_a: list[str] = []
-    seen_b: list[str] = []
-    group_a, group_b = f"{topic}-counter", f"{topic}-indexer"
+    seen_c: list[str] = []
+    seen_i: list[str] = []
+    progress = f"{counter}-redrive"
     async with (
-        consuming(stack, topic, group_a, seen_a, fix.decoder) as metrics_a,
-        consuming(stack, topic, group_b, seen_b, fix.decoder) as metrics_b,
+        consuming(stack, topic, counter, seen_c, fix.decoder) as metrics_c,
+        consuming(stack, topic, indexer, seen_i, accept_all()) as metrics_i,
     ):
 
-        async def both_dead_lettered(count: int) -> bool:
-            return (
-                dead_lettered(metrics_a, group_a) == count
-                and dead_lettered(metrics_b, group_b) == count
+        async def dead_letters(count_c: int, count_i: int) -> bool:
+            return (dead_lettered(metrics_c, counter), dead_lettered(metrics_i, indexer)) == (
+                count_c,
+                count_i,
             )
 
-        await wait_until(lambda: both_dead_lettered(2), timeout=30, what="2 dead letters per group")
-        assert sorted(seen_a) == sorted(seen_b) == ["good after", "good before"]
-        assert len(await read_topic(stack.kafka_bootstrap, dlq)) == 4
+        await wait_until(lambda: dead_letters(2, 1), timeout=30, what="the first dead letters")
+        assert sorted(seen_c) == ["good after", "good before"]
+        assert sorted(seen_i) == ["good after", "good before", NEEDS_THE_FIX]
 
         fix.deployed = True
-        dry = await redrive(stack.kafka_bootstrap, dlq, group=f"{topic}-redrive", dry_run=True)
-        assert (dry.redriven, dry.duplicates, dry.republished) == (2, 2, [])
-        # The dry run published nothing.
-        assert len(await read_topic(stack.kafka_bootstrap, topic)) == 4
+        dry = await redrive(
+            stack.kafka_bootstrap, counter_dlq, counter_retry, group=progress, dry_run=True
+        )
+        assert (dry.redriven, dry.republished, dry.exhausted) == (2, [], [])
+        assert await read_topic(stack.kafka_bootstrap, counter_retry) == []
 
         lines: list[str] = []
         report = await redrive(
-            stack.kafka_bootstrap, dlq, group=f"{topic}-redrive", out=lines.append
+            stack.kafka_bootstrap,
+            counter_dlq,
+            counter_retry,
+            group=progress,
+            max_attempts=2,
+            out=lines.append,
         )
-        # Each source record once, although both groups dead-lettered it.
-        assert (report.redriven, report.duplicates, report.without_source) == (2, 2, 0)
+        assert (report.redriven, report.duplicates, report.without_source) == (2, 0, 0)
         assert lines[-1] == report.summary()
-        source_records = await read_topic(stack.kafka_bootstrap, topic)
-        redriven = [r for r in source_records if REDRIVEN_FROM_HEADER in dict(r.headers)]
-        assert len(source_records) == 6
-        assert sorted(r.value for r in redriven) == sorted(
-            [POISON, next(r.value for r in source_records if NEEDS_THE_FIX.encode() in r.value)]
+        retried = await read_topic(stack.kafka_bootstrap, counter_retry)
+        sources = await read_topic(stack.kafka_bootstrap, topic)
+        needs_fix = next(r.value for r in sources if NEEDS_THE_FIX.encode() in r.value)
+        assert sorted(r.value for r in retried) == sorted([POISON, needs_fix])
+        assert len(retried) == 2
+        assert all(dict(r.headers)[REDRIVE_ATTEMPTS_HEADER] == b"1" for r in retried)
+        # Nothing went back to the source topic, nothing to the other group.
+        assert len(await read_topic(stack.kafka_bootstrap, topic)) == 4
+        assert await read_topic(stack.kafka_bootstrap, indexer_retry) == []
+
+        # The fixed counter applies the redriven event like an original; the poison comes back
+        # to its DLQ with the attempt count; the indexer sees nothing again.
+        await wait_until(lambda: dead_letters(3, 1), timeout=30, what="the poison again")
+
+        async def counter_applied_it() -> bool:
+            return NEEDS_THE_FIX in seen_c
+
+        await wait_until(counter_applied_it, timeout=30, what="the redriven event applied")
+        again = [
+            r
+            for r in await read_topic(stack.kafka_bootstrap, counter_dlq)
+            if REDRIVEN_FROM_HEADER in dict(r.headers)
+        ]
+        assert [(r.value, dict(r.headers)[REDRIVE_ATTEMPTS_HEADER]) for r in again] == [
+            (POISON, b"1")
+        ]
+        assert dict(again[0].headers)["dlq-source-topic"] == counter_retry.encode()
+
+        # A second run redrives only the poison (the first run's dead letters are committed).
+        second = await redrive(
+            stack.kafka_bootstrap, counter_dlq, counter_retry, group=progress, max_attempts=2
         )
-        poison_copy = next(r for r in redriven if r.value == POISON)
-        assert poison_copy.key == b"poison-key"
+        assert (second.redriven, second.exhausted) == (1, [])
+        await wait_until(lambda: dead_letters(4, 1), timeout=30, what="still poison")
 
-        # The fixed consumers handle the redriven event; the poison is dead-lettered again,
-        # once per group, and says where it was redriven from.
-        await wait_until(
-            lambda: both_dead_lettered(3), timeout=30, what="the poison dead-lettered again"
+        # Redriven twice: the limit. The third run keeps it in the DLQ and says so.
+        lines.clear()
+        third = await redrive(
+            stack.kafka_bootstrap,
+            counter_dlq,
+            counter_retry,
+            group=progress,
+            max_attempts=2,
+            out=lines.append,
         )
+        assert third.redriven == 0
+        assert len(third.exhausted) == 1
+        assert any(
+            line.startswith(f"kept {third.exhausted[0]}: redriven 2 time(s)") for line in lines
+        )
+        assert "kept 1 at the limit of 2 attempt(s)" in third.summary()
+        assert len(await read_topic(stack.kafka_bootstrap, counter_retry)) == 3
 
-        async def fixed_event_handled() -> bool:
-            return NEEDS_THE_FIX in seen_a and NEEDS_THE_FIX in seen_b
-
-        await wait_until(fixed_event_handled, timeout=30, what="the redriven event handled")
-        dead = await read_topic(stack.kafka_bootstrap, dlq)
-        assert len(dead) == 6
-        again = [r for r in dead if REDRIVEN_FROM_HEADER in dict(r.headers)]
-        assert len(again) == 2
-        assert all(r.value == POISON for r in again)
-
-        # A second run redrives only what was dead-lettered since the first (the poison again),
-        # not the four dead letters the first run already handled.
-        second = await redrive(stack.kafka_bootstrap, dlq, group=f"{topic}-redrive")
-        assert (second.redriven, second.duplicates) == (1, 1)
-        again_positions = {f"{r.topic}[{r.partition}]@{r.offset}" for r in again}
-        assert {position for position, _ in second.republished} <= again_positions
-        await wait_until(lambda: both_dead_lettered(4), timeout=30, what="still poison")
-        assert sorted(seen_a) == sorted(seen_b) == ["good after", "good before", NEEDS_THE_FIX]
+        assert sorted(seen_c) == ["good after", "good before", NEEDS_THE_FIX]
+        assert sorted(seen_i) == ["good after", "good before", NEEDS_THE_FIX]
+        assert await read_topic(stack.kafka_bootstrap, indexer_retry) == []
 
 
 async def test_redrive_of_an_empty_dead_letter_topic_does_nothing(stack: Stack, topic: str) -> None:
-    await create_topic(stack.kafka_bootstrap, f"{topic}.dlq")
-    report = await redrive(stack.kafka_bootstrap, f"{topic}.dlq", group=f"{topic}-redrive")
+    await create_dead_letter_topics(stack.kafka_bootstrap, topic, ["g"])
+    report = await redrive(
+        stack.kafka_bootstrap, f"{topic}.g.dlq", f"{topic}.g.retry", group=f"{topic}-redrive"
+    )
     assert (report.redriven, report.duplicates, report.without_source) == (0, 0, 0)
+    assert report.exhausted == []
 
 
 async def test_the_command_line_prints_what_it_did(stack: Stack, topic: str) -> None:
-    dlq = f"{topic}.dlq"
-    await create_topic(stack.kafka_bootstrap, dlq)
+    [dlq] = await create_dead_letter_topics(stack.kafka_bootstrap, topic, ["g"])
+    retry = retry_topic(topic, "g")
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
     await producer.start()
     try:
@@ -198,7 +239,7 @@ async def test_the_command_line_prints_what_it_did(stack: Stack, topic: str) -> 
         await producer.stop()
     command = [
         sys.executable, "-m", "service_kit.redrive",
-        "--bootstrap", stack.kafka_bootstrap, "--dlq-topic", dlq, "--group", f"{topic}-redrive",
+        "--bootstrap", stack.kafka_bootstrap, "--topic", topic, "--consumer-group", "g",
     ]  # fmt: skip
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -206,13 +247,17 @@ async def test_the_command_line_prints_what_it_did(stack: Stack, topic: str) -> 
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
     text = out.decode()
-    assert f"redriven {dlq}[2]@0 -> {topic}[4]@0" in text
+    assert f"redriven {dlq}[2]@0 -> {retry}[" in text
     assert "reason=<root>: Invalid JSON" in text
     assert f"skipped {dlq}[1]@0: no usable dlq-source-topic header" in text
-    assert text.rstrip().endswith("redriven 1, skipped 0 duplicate(s) and 1 without a source")
-    records = await read_topic(stack.kafka_bootstrap, topic)
-    assert [(r.partition, r.key, r.value) for r in records] == [(4, b"k", b"v")]
+    assert text.rstrip().endswith(
+        f"{dlq} -> {retry} (group g-redrive): redriven 1, kept 0 at the limit of 3 attempt(s), "
+        "skipped 0 duplicate(s) and 1 without a source"
+    )
+    records = await read_topic(stack.kafka_bootstrap, retry)
+    assert [(r.key, r.value) for r in records] == [(b"k", b"v")]
+    assert await read_topic(stack.kafka_bootstrap, topic) == []
     # Nothing left to redrive for this group.
     process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
     out, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert "redriven 0, skipped 0 duplicate(s) and 0 without a source" in out.decode()
+    assert "redriven 0, kept 0 at the limit of 3 attempt(s), skipped 0" in out.decode()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from prometheus_client import generate_latest
 
@@ -280,3 +282,43 @@ async def test_sampler_failure_is_err_for_every_group_and_counted() -> None:
     assert (back.error, back.groups[0].status, sampler.last_success_at) == (None, Status.OK, 9.0)
     text = generate_latest(metrics.registry).decode()
     assert "lagmon_sample_failures_total 2.0" in text
+
+
+class HangingReader(FlakyReader):
+    """A reader whose first read never answers, as a client stuck on a broker that went away."""
+
+    def __init__(self, samples: list[RawSample]) -> None:
+        super().__init__(samples)
+        self.hang = True
+        self.starts = self.stops = 0
+
+    async def start(self) -> None:
+        self.starts += 1
+
+    async def stop(self) -> None:
+        self.stops += 1
+
+    async def read(self) -> RawSample:
+        if self.hang:
+            await asyncio.Event().wait()
+        return await super().read()
+
+
+async def test_a_hung_sample_is_err_and_the_clients_are_rebuilt() -> None:
+    healthy = RawGroup("g", "Stable", 1, {(TOPIC, 0): 0})
+    reader = HangingReader([sample(9.0, (0, 0), [healthy])])
+    monitor = LagMonitor(RULES, history_s=60, topics=(TOPIC,), expected_groups=("g",))
+    sampler = Sampler(reader, monitor, interval_s=1.0, sample_timeout_s=0.05)  # type: ignore[arg-type]
+    hung = await sampler.sample_once()
+    assert hung.error == "the sample did not finish within 0.05 s"
+    assert [g.status for g in hung.groups] == [Status.ERR]
+    assert (reader.starts, reader.stops) == (1, 1)
+    reader.hang = False
+    back = await sampler.sample_once()
+    # Fresh clients for the next sample, which succeeds.
+    assert (back.error, reader.starts, sampler.last_success_at) == (None, 2, 9.0)
+
+
+def test_sample_timeout_must_exceed_the_request_timeout() -> None:
+    with pytest.raises(ValueError, match="sample_timeout_s must exceed request_timeout_s"):
+        Settings(request_timeout_s=10, sample_timeout_s=10)

@@ -105,7 +105,7 @@ class BackgroundConsumer(Generic[E]):
 
     async def _run(self) -> None:
         config = self.consumer.config
-        topics = [config.topic, config.dlq_topic]
+        topics = [*config.topics, config.dlq_topic]
 
         def on_change(why: str | None) -> None:
             self.waiting_for = why

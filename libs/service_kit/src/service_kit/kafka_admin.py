@@ -14,6 +14,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from service_kit.kafka_clients import client_options
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -27,7 +29,10 @@ async def admin_client(
     bootstrap: str, *, request_timeout_ms: int = 10_000, client_id: str = "service-kit-admin"
 ) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms, client_id=client_id
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=request_timeout_ms,
+        client_id=client_id,
+        **client_options(),
     )
     try:
         await admin.start()

@@ -5,14 +5,35 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 
 from service_kit.consumer import ConsumerConfig
-from service_kit.topics import dead_letter_topic
+from service_kit.kafka_clients import KafkaSecurity, SaslMechanism, SecurityProtocol
+from service_kit.topics import dead_letter_topic, retry_topic
 
 
-class ConsumerGroupSettings(BaseSettings):
+class KafkaClientSettings(BaseSettings):
+    """How the service logs in to Kafka (its own user: deploy/k8s/platform/kafka-users.yaml);
+    the entry point hands `kafka_security()` to `service_kit.kafka_clients.configure`."""
+
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+
+    def kafka_security(self) -> KafkaSecurity:
+        return KafkaSecurity(
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+        )
+
+
+class ConsumerGroupSettings(KafkaClientSettings):
     # Comma-separated brokers (`host:port,host:port,...`): any live one is enough to connect.
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
     topic: str = Field(min_length=1)  # each service sets its own default
@@ -24,6 +45,8 @@ class ConsumerGroupSettings(BaseSettings):
     # A record failing in the handler for a reason of its own (not an outage) is tried this many
     # times alone, then dead-lettered.
     record_attempts: int = Field(default=3, ge=1, le=100)
+    # The group's redrive (`python -m <svc> redrive`) keeps a record redriven this many times.
+    redrive_max_attempts: int = Field(default=3, ge=1, le=100)
     log_level: str = "INFO"
     # text (default) or json (one object per line); unset: the shared LOG_FORMAT, else text.
     log_format: Literal["text", "json"] | None = None
@@ -33,12 +56,18 @@ class ConsumerGroupSettings(BaseSettings):
         """This group's own dead-letter topic, declared in the service's topics file."""
         return dead_letter_topic(self.topic, self.group_id)
 
+    @property
+    def retry_topic(self) -> str:
+        """This group's own retry topic (its redrive's destination), declared beside its DLQ."""
+        return retry_topic(self.topic, self.group_id)
+
     def consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
             bootstrap_servers=self.kafka_bootstrap_servers,
             topic=self.topic,
             group_id=self.group_id,
             dlq_topic=self.dlq_topic,
+            retry_topic=self.retry_topic,
             max_batch=self.max_batch,
             record_attempts=self.record_attempts,
             metadata_max_age_ms=self.kafka_metadata_max_age_ms,

@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError, for_code
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service_kit.kafka_admin import NO_ERROR, UNKNOWN_TOPIC, wait_until_led
+from service_kit.kafka_clients import client_options
 
 AUTO: Literal["auto"] = "auto"
 MIN_INSYNC = "min.insync.replicas"
@@ -55,6 +56,12 @@ ConfigValue = str | int | bool
 def dead_letter_topic(source_topic: str, group: str) -> str:
     """The dead-letter topic of one consumer group: `<source>.<group>.dlq`, owned by that group."""
     return f"{source_topic}.{group}.dlq"
+
+
+def retry_topic(source_topic: str, group: str) -> str:
+    """Where the redrive puts one group's dead letters back: `<source>.<group>.retry`, owned by
+    that group and read by it alone beside the source topic, so no other group sees them again."""
+    return f"{source_topic}.{group}.retry"
 
 
 class TopicSpec(BaseModel):
@@ -499,6 +506,7 @@ async def reconcile(
         bootstrap_servers=bootstrap,
         request_timeout_ms=request_timeout_ms,
         client_id="topics-apply",
+        **client_options(),
     )
     await admin.start()
     try:

@@ -16,11 +16,12 @@ from aiokafka.structs import ConsumerRecord
 from blog_events import Envelope, encode_event
 from blog_testkit.waiting import wait_until
 from service_kit.consumer import BatchConsumer
+from service_kit.kafka_clients import client_options
 
 
 @contextlib.asynccontextmanager
 async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options())
     await admin.start()
     try:
         yield admin
@@ -31,7 +32,9 @@ async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
 @contextlib.asynccontextmanager
 async def plain_consumer(bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
     """A consumer outside any group that commits nothing: for reading offsets and records."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **client_options()
+    )
     await consumer.start()
     try:
         yield consumer
@@ -58,7 +61,7 @@ async def running_batch_consumer(
 async def produce(bootstrap: str, topic: str, envelopes: Sequence[Envelope]) -> None:
     """Each envelope becomes its own Kafka message keyed by blog id (so a repeated envelope is a
     second message at a second offset, like a relay that re-sends)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **client_options())
     await producer.start()
     try:
         for envelope in envelopes:
@@ -100,7 +103,7 @@ async def commit_offsets(
     """Commit `offsets` for `group_id` as a consumer assigned those partitions by hand would (it
     joins no group, so the group must have no live members), then leave."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
+        bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False, **client_options()
     )
     await consumer.start()
     try:

@@ -24,8 +24,9 @@ from blog_testkit.cluster import (
 from blog_testkit.processes import ServiceProcess, free_port
 from blog_testkit.stack import Stack, StackUnavailable, resolve_stack
 from blog_testkit.waiting import wait_until
+from service_kit import kafka_clients
 from service_kit.kafka_admin import admin_client
-from service_kit.topics import dead_letter_topic, reconcile, topic_specs
+from service_kit.topics import dead_letter_topic, reconcile, retry_topic, topic_specs
 
 TEST_TOPIC_PARTITIONS = 6
 
@@ -48,6 +49,8 @@ def stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
             resolved = exit_stack.enter_context(resolve_stack(pytestconfig.rootpath, os.environ))
         except StackUnavailable as exc:
             pytest.fail(str(exc), pytrace=False)
+        # Every Kafka client the tests build logs in like the stack says (no-op in plaintext).
+        kafka_clients.configure(resolved.kafka_security)
         yield resolved
 
 
@@ -83,6 +86,29 @@ async def create_database(admin_dsn: str, prefix: str = "test_") -> tuple[str, s
     return name, with_database(admin_dsn, name)
 
 
+async def create_service_database(
+    admin_dsn: str, service_dsns: Mapping[str, str], prefix: str = "test_"
+) -> tuple[str, str, dict[str, str]]:
+    """A fresh database laid out like the stack's `blog` database: each service's schema created
+    owned by its own role, nothing else. Returns (name, its admin DSN, service -> DSN of its role
+    there). Without service roles (a container stack) every service gets the admin DSN."""
+    name, admin_url = await create_database(admin_dsn, prefix)
+    if not service_dsns:
+        return name, admin_url, dict.fromkeys(("publisher", "counter"), admin_url)
+    roles = {svc: urlsplit(dsn).username or svc for svc, dsn in service_dsns.items()}
+    admin = await asyncpg.connect(admin_url)
+    try:
+        # Names from the stack's own env (role = service name); identifiers are quoted.
+        for service, role in roles.items():
+            await admin.execute(f'CREATE SCHEMA "{service}" AUTHORIZATION "{role}"')
+        await admin.execute(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC')
+        grantees = ", ".join(f'"{role}"' for role in roles.values())
+        await admin.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{name}" TO {grantees}')
+    finally:
+        await admin.close()
+    return name, admin_url, {svc: with_database(dsn, name) for svc, dsn in service_dsns.items()}
+
+
 async def drop_database(admin_dsn: str, name: str) -> None:
     """Drop it, cutting connections still open. A superuser process on it (an autovacuum
     worker) cannot be cut by the platform's role, so that case is retried until it is gone."""
@@ -108,6 +134,15 @@ async def database_url(stack: Stack) -> AsyncIterator[str]:
     await drop_database(stack.postgres_dsn, name)
 
 
+@pytest_asyncio.fixture
+async def service_database_urls(stack: Stack) -> AsyncIterator[dict[str, str]]:
+    """A fresh database with each service's schema owned by its own role (as `make up` sets up
+    the `blog` database): service -> DSN of that role. Dropped after the test."""
+    name, _, urls = await create_service_database(stack.postgres_dsn, stack.service_dsns)
+    yield urls
+    await drop_database(stack.postgres_dsn, name)
+
+
 async def create_topic(
     bootstrap: str,
     name: str,
@@ -115,20 +150,28 @@ async def create_topic(
     *,
     groups: Iterable[str] = (),
 ) -> None:
-    """The topic, and the dead-letter topic of each consumer group in `groups`
-    (`<name>.<group>.dlq`), through the same code as `topics apply`: replication and
-    min.insync.replicas `auto`, so a 3-node stack gets 3 copies and min ISR 2, like production."""
-    names = [name, *(dead_letter_topic(name, group) for group in groups)]
+    """The topic, and the dead-letter and retry topics of each consumer group in `groups`
+    (`<name>.<group>.dlq`, `<name>.<group>.retry`), through the same code as `topics apply`:
+    replication and min.insync.replicas `auto`, so a 3-node stack gets 3 copies and min ISR 2,
+    like production."""
+    names = [name, *(t for group in groups for t in group_topics(name, group))]
     await reconcile(bootstrap, topic_specs(names, partitions))
+
+
+def group_topics(topic: str, group: str) -> list[str]:
+    """What a consumer group of `topic` declares in its topics file: its DLQ and retry topic."""
+    return [dead_letter_topic(topic, group), retry_topic(topic, group)]
 
 
 async def create_dead_letter_topics(
     bootstrap: str, topic: str, groups: Iterable[str], partitions: int = TEST_TOPIC_PARTITIONS
 ) -> list[str]:
-    """The dead-letter topics of `groups` on `topic` (consumers wait for theirs); their names."""
-    names = [dead_letter_topic(topic, group) for group in groups]
+    """The dead-letter and retry topics of `groups` on `topic` (consumers wait for theirs); the
+    dead-letter topics' names."""
+    groups = list(groups)
+    names = [t for group in groups for t in group_topics(topic, group)]
     await reconcile(bootstrap, topic_specs(names, partitions))
-    return names
+    return [dead_letter_topic(topic, group) for group in groups]
 
 
 async def delete_topic(bootstrap: str, name: str) -> None:
@@ -160,7 +203,7 @@ async def delete_indices(es_url: str, prefix: str) -> None:
 async def topic(stack: Stack) -> AsyncIterator[str]:
     """A fresh topic with 6 partitions, deleted after the test with every `<topic>.*` topic.
     Derive consumer group ids from it so tests never share groups either; a consumer group
-    needs its dead-letter topic too (`create_dead_letter_topics`)."""
+    needs its dead-letter and retry topics too (`create_dead_letter_topics`)."""
     name = unique_name("test-")
     await create_topic(stack.kafka_bootstrap, name)
     yield name

@@ -21,10 +21,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from service_kit.kafka_clients import KafkaSecurity, stack_security
+
 ENV_KAFKA = "BLOG_KAFKA_BOOTSTRAP"
 ENV_POSTGRES = "BLOG_POSTGRES_DSN"
 ENV_ES = "BLOG_ES_URL"
 ENV_KAFKA_NODES = "KAFKA_NODES"
+# Each PostgreSQL-using service's own role (optional: a container stack has only the admin).
+SERVICE_DSN_VARS = {"publisher": "BLOG_PUBLISHER_DSN", "counter": "BLOG_COUNTER_DSN"}
 STACK_VARS = (ENV_KAFKA, ENV_POSTGRES, ENV_ES)
 STATE_ENV_FILE = Path(".state") / "stack.env"
 
@@ -49,6 +53,15 @@ class Stack:
     es_url: str
     # Kafka nodes (KAFKA_NODES of the native stack; else one per bootstrap address).
     kafka_nodes: int = 1
+    # service -> DSN of its own role (owner of the schema of that name only); passwords inside.
+    service_dsns: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # How the tests' own Kafka clients log in (the stack's admin user in KAFKA_AUTH=scram mode).
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity, repr=False)
+
+
+def service_dsns(values: Mapping[str, str]) -> dict[str, str]:
+    """service -> DSN of its own PostgreSQL role, for the services the env names one for."""
+    return {svc: values[var] for svc, var in SERVICE_DSN_VARS.items() if values.get(var)}
 
 
 def stack_from_mapping(values: Mapping[str, str], origin: str) -> Stack | None:
@@ -65,6 +78,8 @@ def stack_from_mapping(values: Mapping[str, str], origin: str) -> Stack | None:
         postgres_dsn=present[ENV_POSTGRES],
         es_url=present[ENV_ES].rstrip("/"),
         kafka_nodes=int(nodes) if nodes.isdigit() else len(present[ENV_KAFKA].split(",")),
+        service_dsns=service_dsns(values),
+        kafka_security=stack_security(values),
     )
 
 

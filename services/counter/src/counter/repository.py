@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from counter.counting import BatchPlan, BlogChange, StoredBlog, plan_batch
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The two tables a set of counts lives in: the live ones, or a rebuild's shadow copies
+    (`counter.rebuild`). Names are fixed by code, never taken from input."""
+
+    blog_state: str = "counter.blog_state"
+    author_stats: str = "counter.author_stats"
+
+
+LIVE_TABLES = Tables()
+
+DbConnection = asyncpg.Connection | PoolConnectionProxy
 
 # Sorted ids + FOR UPDATE: a blog's row cannot change under us until commit, and two batches
 # touching the same rows lock them in the same order (no deadlock).
 _LOCK_BLOG_STATE = """
 SELECT blog_id, author_id, version, live
-FROM counter.blog_state
+FROM {blog_state}
 WHERE blog_id = ANY($1::uuid[])
 ORDER BY blog_id
 FOR UPDATE
@@ -22,7 +39,7 @@ FOR UPDATE
 # The version guard in the WHERE makes the statement itself refuse stale versions, whatever the
 # caller computed. `xmax = 0` is true only for a row this statement inserted.
 _UPSERT_BLOG_STATE = """
-INSERT INTO counter.blog_state AS s (blog_id, author_id, version, live, applied_event_id,
+INSERT INTO {blog_state} AS s (blog_id, author_id, version, live, applied_event_id,
                                      updated_at)
 SELECT c.blog_id, c.author_id, c.version, c.live, c.event_id, now()
 FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::bool[], $5::uuid[])
@@ -42,7 +59,7 @@ RETURNING s.blog_id, (s.xmax = 0) AS inserted
 # applies, so a negative delta cannot ride in an upsert. First make sure every author row exists
 # and lock it, sorted so concurrent batches (other partitions, same author) lock in one order...
 _LOCK_AUTHOR_ROWS = """
-INSERT INTO counter.author_stats AS a (author_id, total_blogs)
+INSERT INTO {author_stats} AS a (author_id, total_blogs)
 SELECT author_id, 0
 FROM unnest($1::uuid[]) AS author_id
 ORDER BY author_id
@@ -51,13 +68,29 @@ ON CONFLICT (author_id) DO UPDATE SET total_blogs = a.total_blogs
 
 # ...then add the deltas to rows this transaction already holds.
 _ADD_TO_AUTHOR_TOTALS = """
-UPDATE counter.author_stats AS a
+UPDATE {author_stats} AS a
 SET total_blogs = a.total_blogs + d.delta
 FROM unnest($1::uuid[], $2::int[]) AS d(author_id, delta)
 WHERE a.author_id = d.author_id
 """
 
+# A rebuild's catch-up: blog rows only (the version guard alone keeps the newest), the totals
+# counted once from them afterwards (`recount_authors`).
+_RECOUNT_AUTHORS = """
+INSERT INTO {author_stats} (author_id, total_blogs)
+SELECT author_id, count(*) FILTER (WHERE live) FROM {blog_state} GROUP BY author_id
+"""
+_CLEAR_AUTHORS = "DELETE FROM {author_stats}"
+
+_ALL_BLOG_STATE = "SELECT blog_id, author_id, version, live FROM {blog_state}"
+_ALL_AUTHOR_STATS = "SELECT author_id, total_blogs FROM {author_stats}"
+
 _AUTHOR_TOTAL = "SELECT total_blogs FROM counter.author_stats WHERE author_id = $1"
+
+
+@cache
+def _sql(template: str, tables: Tables) -> str:
+    return template.format(blog_state=tables.blog_state, author_stats=tables.author_stats)
 
 
 class ConcurrentBlogWrite(RuntimeError):
@@ -66,40 +99,81 @@ class ConcurrentBlogWrite(RuntimeError):
     consumer retries it; the retry reads and locks the row."""
 
 
-async def apply_changes(pool: asyncpg.Pool, newest: Mapping[uuid.UUID, BlogChange]) -> BatchPlan:
+async def apply_changes(
+    pool: asyncpg.Pool, newest: Mapping[uuid.UUID, BlogChange], tables: Tables = LIVE_TABLES
+) -> BatchPlan:
     """Apply one batch's newest change per blog in ONE transaction: lock and read the stored
     state, keep only newer versions, upsert the blog rows and add the per-author deltas."""
     async with pool.acquire() as connection, connection.transaction():
-        rows = await connection.fetch(_LOCK_BLOG_STATE, sorted(newest))
-        stored = {
-            row["blog_id"]: StoredBlog(row["author_id"], row["version"], row["live"])
-            for row in rows
-        }
-        plan = plan_batch(newest, stored)
-        if not plan.changes:
-            return plan
-        written = await connection.fetch(
-            _UPSERT_BLOG_STATE,
-            [c.blog_id for c in plan.changes],
-            [c.author_id for c in plan.changes],
-            [c.version for c in plan.changes],
-            [c.live for c in plan.changes],
-            [c.event_id for c in plan.changes],
-        )
-        inserted = {row["blog_id"] for row in written if row["inserted"]}
-        expected_inserts = {c.blog_id for c in plan.changes if c.blog_id not in stored}
-        if len(written) != len(plan.changes) or inserted != expected_inserts:
-            raise ConcurrentBlogWrite(
-                f"{len(plan.changes) - len(written)} guarded, "
-                f"{len(expected_inserts - inserted)} created concurrently; retrying the batch"
-            )
-        if plan.author_deltas:
-            authors = list(plan.author_deltas)
-            await connection.execute(_LOCK_AUTHOR_ROWS, authors)
-            await connection.execute(
-                _ADD_TO_AUTHOR_TOTALS, authors, list(plan.author_deltas.values())
-            )
+        return await apply_in_transaction(connection, newest, tables)
+
+
+async def apply_in_transaction(
+    connection: DbConnection,
+    newest: Mapping[uuid.UUID, BlogChange],
+    tables: Tables = LIVE_TABLES,
+) -> BatchPlan:
+    """`apply_changes` inside the caller's transaction (a rebuild's swap)."""
+    rows = await connection.fetch(_sql(_LOCK_BLOG_STATE, tables), sorted(newest))
+    stored = {
+        row["blog_id"]: StoredBlog(row["author_id"], row["version"], row["live"]) for row in rows
+    }
+    plan = plan_batch(newest, stored)
+    if not plan.changes:
         return plan
+    written = await connection.fetch(
+        _sql(_UPSERT_BLOG_STATE, tables),
+        [c.blog_id for c in plan.changes],
+        [c.author_id for c in plan.changes],
+        [c.version for c in plan.changes],
+        [c.live for c in plan.changes],
+        [c.event_id for c in plan.changes],
+    )
+    inserted = {row["blog_id"] for row in written if row["inserted"]}
+    expected_inserts = {c.blog_id for c in plan.changes if c.blog_id not in stored}
+    if len(written) != len(plan.changes) or inserted != expected_inserts:
+        raise ConcurrentBlogWrite(
+            f"{len(plan.changes) - len(written)} guarded, "
+            f"{len(expected_inserts - inserted)} created concurrently; retrying the batch"
+        )
+    if plan.author_deltas:
+        authors = list(plan.author_deltas)
+        await connection.execute(_sql(_LOCK_AUTHOR_ROWS, tables), authors)
+        await connection.execute(
+            _sql(_ADD_TO_AUTHOR_TOTALS, tables), authors, list(plan.author_deltas.values())
+        )
+    return plan
+
+
+async def upsert_blog_states(
+    connection: DbConnection, newest: Mapping[uuid.UUID, BlogChange], tables: Tables
+) -> None:
+    """Blog rows only, newer versions only; the caller recounts the totals before they are read
+    (a rebuild's shadow tables, which nothing else writes)."""
+    ordered = [newest[blog_id] for blog_id in sorted(newest)]
+    await connection.execute(
+        _sql(_UPSERT_BLOG_STATE, tables),
+        [c.blog_id for c in ordered],
+        [c.author_id for c in ordered],
+        [c.version for c in ordered],
+        [c.live for c in ordered],
+        [c.event_id for c in ordered],
+    )
+
+
+async def recount_authors(connection: DbConnection, tables: Tables) -> None:
+    """Every author's total from the blog rows (in the caller's transaction)."""
+    await connection.execute(_sql(_CLEAR_AUTHORS, tables))
+    await connection.execute(_sql(_RECOUNT_AUTHORS, tables))
+
+
+async def read_all(
+    connection: DbConnection, tables: Tables = LIVE_TABLES
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """Every blog row and every author row (`verify`); the caller picks the isolation."""
+    blogs = await connection.fetch(_sql(_ALL_BLOG_STATE, tables))
+    authors = await connection.fetch(_sql(_ALL_AUTHOR_STATS, tables))
+    return blogs, authors
 
 
 async def author_total(pool: asyncpg.Pool, author_id: uuid.UUID) -> int:

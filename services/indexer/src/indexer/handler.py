@@ -38,7 +38,12 @@ def es_failure_is_transient(exc: BaseException) -> bool:
 IS_TRANSIENT = transient_errors(TransportError, BulkItemsUnavailable, when=es_failure_is_transient)
 
 
-def make_batch_handler(es: AsyncElasticsearch, alias: str) -> BatchHandler[FastEnvelope]:
+def make_batch_handler(
+    es: AsyncElasticsearch, alias: str, *, require_alias: bool = True
+) -> BatchHandler[FastEnvelope]:
+    """`require_alias=False`: `alias` names a concrete index (a rebuild writes its new index
+    before the alias points at it)."""
+
     async def handle_batch(batch: Sequence[ConsumedEvent[FastEnvelope]]) -> None:
         newest = fold_latest(consumed.envelope.payload for consumed in batch)
         if not newest:
@@ -52,7 +57,7 @@ def make_batch_handler(es: AsyncElasticsearch, alias: str) -> BatchHandler[FastE
         response = await es.bulk(
             operations=bulk_operations(alias, newest),
             refresh=False,
-            require_alias=True,
+            require_alias=require_alias,
             filter_path=BULK_RESPONSE_FIELDS,
         )
         # Items failing for the index's sake (429, 5xx, a write block) raise: the consumer

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from lagmon.app import create_app
 from lagmon.cli import add_arguments, status_main
 from lagmon.settings import Settings
+from service_kit import kafka_clients
 from service_kit.logs import configure_logging
 from service_kit.serving import run_http_service
 
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lagmon: invalid configuration (LAGMON_* environment):\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level if command == "serve" else "WARNING")
+    # Every Kafka client of this process logs in as this service's own user.
+    kafka_clients.configure(settings.kafka_security())
     if command == "status":
         return status_main(args, settings)
     run_http_service(create_app(settings), settings.host, settings.port, graceful_timeout_s=5)

@@ -35,7 +35,7 @@ def build_sampler(settings: Settings) -> Sampler:
         expected_groups=expected,
     )
     metrics = MonitorMetrics(lambda: monitor.latest)
-    return Sampler(reader, monitor, settings.poll_interval_s, metrics)
+    return Sampler(reader, monitor, settings.poll_interval_s, metrics, settings.sample_timeout_s)
 
 
 def create_app(settings: Settings) -> FastAPI:

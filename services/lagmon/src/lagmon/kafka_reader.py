@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from service_kit.kafka_clients import client_options
+
 log = logging.getLogger(__name__)
 
 TopicPartitionKey = tuple[str, int]
@@ -72,6 +74,7 @@ class KafkaLagReader:
             bootstrap_servers=self._bootstrap,
             request_timeout_ms=self._request_timeout_ms,
             client_id="lagmon",
+            **client_options(),
         )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
@@ -82,6 +85,7 @@ class KafkaLagReader:
             # One record per partition is all that is needed; the broker still returns a
             # whole first batch when it is larger.
             max_partition_fetch_bytes=64 * 1024,
+            **client_options(),
             fetch_max_wait_ms=100,
         )
         await admin.start()

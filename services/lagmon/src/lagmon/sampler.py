@@ -1,6 +1,8 @@
 """The background sampler: one sample every poll interval, fed to the monitor. A failed
 sample (Kafka unreachable) is counted and makes every group ERR with the reason; sampling goes on.
-A streak of failures is logged once when it starts and once when it ends."""
+A streak of failures is logged once when it starts and once when it ends. A sample that does not
+finish within its deadline is a failure too, and the Kafka clients are rebuilt for the next one:
+a client stuck on a broker that went away must not freeze the monitor on its last verdicts."""
 
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ class Sampler:
         monitor: LagMonitor,
         interval_s: float,
         metrics: MonitorMetrics | None = None,
+        sample_timeout_s: float = 30.0,
     ) -> None:
         self.reader = reader
         self.monitor = monitor
         self.interval_s = interval_s
         self.metrics = metrics
+        self.sample_timeout_s = sample_timeout_s
         self._started = False
         self.last_success_at: float | None = None
         self._failing_since: float | None = None
@@ -36,13 +40,18 @@ class Sampler:
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
-            if not self._started:
-                await self.reader.start()
-                self._started = True
-            raw = await self.reader.read()
+            async with asyncio.timeout(self.sample_timeout_s):
+                if not self._started:
+                    await self.reader.start()
+                    self._started = True
+                raw = await self.reader.read()
         except Exception as exc:
             now = time.time()
-            reason = describe_error(exc)
+            if isinstance(exc, TimeoutError):
+                reason = f"the sample did not finish within {self.sample_timeout_s:g} s"
+                await self._restart_clients()
+            else:
+                reason = describe_error(exc)
             if self._failing_since is None:
                 self._failing_since = now
                 log.warning("sample failed: %s (every group is ERR until one succeeds)", reason)
@@ -74,10 +83,18 @@ class Sampler:
             # Fixed rate, not fixed delay: observations stay evenly spaced for the rules.
             await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - began)))
 
+    async def _restart_clients(self) -> None:
+        """Close the clients (bounded: they may be what hung); the next sample starts fresh ones."""
+        try:
+            async with asyncio.timeout(self.sample_timeout_s):
+                await self.reader.stop()
+        except Exception as exc:
+            log.warning("closing the Kafka clients failed: %s", describe_error(exc))
+        self._started = False
+
     async def close(self) -> None:
         if self._started:
-            await self.reader.stop()
-            self._started = False
+            await self._restart_clients()
 
 
 def describe_error(exc: BaseException) -> str:

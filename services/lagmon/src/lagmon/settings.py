@@ -6,12 +6,13 @@ import json
 from typing import Annotated, Any, Self
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from lagmon.rules import RuleConfig
+from service_kit.settings import KafkaClientSettings
 
 
-class Settings(BaseSettings):
+class Settings(KafkaClientSettings):
     model_config = SettingsConfigDict(env_prefix="LAGMON_", extra="ignore", frozen=True)
 
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
@@ -38,6 +39,8 @@ class Settings(BaseSettings):
     # Deadline for fetching the records whose timestamps give the lag in seconds.
     timestamp_fetch_timeout_s: float = Field(default=3.0, gt=0)
     request_timeout_s: float = Field(default=10.0, gt=0)
+    # A whole sample (several requests) taking longer fails as ERR and the clients are rebuilt.
+    sample_timeout_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
 
     @field_validator("expected_groups", mode="before")
@@ -56,6 +59,8 @@ class Settings(BaseSettings):
             raise ValueError("stall_after_s must not exceed window_s")
         if self.history_s < self.window_s:
             raise ValueError("history_s must be at least window_s")
+        if self.sample_timeout_s <= self.request_timeout_s:
+            raise ValueError("sample_timeout_s must exceed request_timeout_s")
         return self
 
     @property

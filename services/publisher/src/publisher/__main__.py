@@ -16,6 +16,7 @@ from publisher import parking
 from publisher.app import MIGRATIONS_DIR, SCHEMA, create_app
 from publisher.auth import create_author, revoke_token
 from publisher.settings import PublisherSettings
+from service_kit import kafka_clients
 from service_kit.logs import configure_logging
 from service_kit.migrations import apply_migrations
 from service_kit.serving import run_http_service
@@ -121,6 +122,8 @@ def main(
 
     settings = PublisherSettings()  # fields come from the environment
     configure_logging(settings.log_level, settings.log_format)
+    # Every Kafka client of this process logs in as this service's own user.
+    kafka_clients.configure(settings.kafka_security())
     if args.command in (None, "serve"):
         configure_tracing("publisher")
         return serve(settings, wrap_app)

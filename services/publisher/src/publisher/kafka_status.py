@@ -9,6 +9,8 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from service_kit.kafka_clients import client_options
+
 log = logging.getLogger(__name__)
 
 
@@ -25,6 +27,7 @@ class KafkaStatus:
                 client = AIOKafkaAdminClient(
                     bootstrap_servers=self._bootstrap_servers,
                     request_timeout_ms=self._request_timeout_ms,
+                    **client_options(),
                 )
                 try:
                     await client.start()

@@ -39,6 +39,7 @@ from publisher.settings import PublisherSettings
 from service_kit import tracing
 from service_kit.backoff import Backoff
 from service_kit.kafka_admin import admin_client, produce_blockers, unusable_topics
+from service_kit.kafka_clients import client_options
 from service_kit.logs import log_context
 
 log = logging.getLogger(__name__)
@@ -405,6 +406,7 @@ class OutboxRelay:
             request_timeout_ms=self._settings.kafka_request_timeout_ms,
             max_request_size=2 * 1024 * 1024,
             metadata_max_age_ms=self._settings.kafka_metadata_max_age_ms,
+            **client_options(),
         )
         try:
             await producer.start()

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from blog_events import TOPIC
+from service_kit.settings import KafkaClientSettings
 
 
-class PublisherSettings(BaseSettings):
+class PublisherSettings(KafkaClientSettings):
     model_config = SettingsConfigDict(env_prefix="PUBLISHER_", extra="ignore", frozen=True)
 
     # Secret: it holds the database password, so repr() and logs of the settings show `**********`.

@@ -13,6 +13,9 @@ class ConsumerConfig:
     topic: str
     group_id: str
     dlq_topic: str
+    # The group's own retry topic (`<topic>.<group>.retry`, fed by its redrive), read beside
+    # `topic`; None: only `topic`.
+    retry_topic: str | None = None
     max_batch: int = 500
     poll_timeout_ms: int = 200
     retry_initial_s: float = 0.2
@@ -25,6 +28,11 @@ class ConsumerConfig:
     # Handler dead letters in a row after which failures count as systemic (retried, not
     # dead-lettered) until a record succeeds again.
     dead_letter_streak_limit: int = 100
+
+    @property
+    def topics(self) -> list[str]:
+        """What the group subscribes to."""
+        return [self.topic, *([self.retry_topic] if self.retry_topic else [])]
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(

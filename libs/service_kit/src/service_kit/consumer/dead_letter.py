@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 
 from service_kit.consumer.records import Record
+from service_kit.kafka_clients import client_options
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class DeadLetterWriter:
             client_id=f"{group_id}-{os.getpid()}-dlq",
             acks="all",
             enable_idempotence=True,
+            **client_options(),
         )
 
     async def start(self) -> None:

@@ -43,6 +43,7 @@ from service_kit.consumer.records import (
     Record,
     decode_in_slices,
 )
+from service_kit.kafka_clients import client_options
 from service_kit.logs import bind_log_fields
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,13 @@ class BatchConsumer(Generic[E]):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=config.metadata_max_age_ms,
+            **client_options(),
         )
         await dead_letters.start()
         try:
             await consumer.start()
             consumer.subscribe(
-                [config.topic], listener=BatchLockListener(config.group_id, self._on_revoke)
+                config.topics, listener=BatchLockListener(config.group_id, self._on_revoke)
             )
         except BaseException:
             await dead_letters.stop()
@@ -125,7 +127,7 @@ class BatchConsumer(Generic[E]):
             raise
         self._dead_letters = dead_letters
         self._consumer = consumer
-        log.info("consumer group %s subscribed to %s", config.group_id, config.topic)
+        log.info("consumer group %s subscribed to %s", config.group_id, ", ".join(config.topics))
 
     async def run(self) -> None:
         """Poll, process and commit until stop(); starts the clients if start() was not called."""

@@ -35,8 +35,9 @@ $(UV):
 	python3 -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
 
+# The bench group (FastStream, the peer of `make bench`) is installed too: lint type-checks bench/.
 .venv/.synced: $(UV) uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
-	$(UV) sync --frozen --all-packages
+	$(UV) sync --frozen --all-packages --group bench
 	@touch $@
 
 install: .venv/.synced ## install Python deps into .venv (uv, one lockfile)
@@ -160,14 +161,14 @@ rebuild-counter: up ## rebuild the counter's tables from blog-events and swap th
 
 SIZE ?= full
 .PHONY: bench
-bench: up ## the five speed measures beside their references, table + bench/results/bench.json (SIZE=small|medium|full, ARGS=--profile)
+bench: up ## the speed measures beside their references, table + bench/results/bench.json (SIZE=small|medium|full, ARGS=--profile)
 	$(STACK_ENV); $(UV) run --frozen --no-sync python -m bench.run --size $(SIZE) $(ARGS)
 
 .PHONY: new-consumer
 new-consumer: install ## a new consumer group service from templates/consumer/: make new-consumer NAME=tagtrends
 	@test -n "$(NAME)" || { echo "usage: make new-consumer NAME=<lowercase name>" >&2; exit 2; }
 	$(UV) run --frozen --no-sync python scripts/new_consumer.py "$(NAME)" $(ARGS)
-	$(UV) sync --frozen --all-packages && touch .venv/.synced
+	$(UV) sync --frozen --all-packages --group bench && touch .venv/.synced
 
 $(ASYNCAPI_PARSER): scripts/asyncapi/package.json scripts/asyncapi/package-lock.json
 	mkdir -p $(TOOLS)/asyncapi

@@ -179,12 +179,12 @@ class Workspace:
             },
         )
 
-    def indexer(self, *, max_batch: int) -> ServiceProcess:
+    def indexer(self, *, max_batch: int, es_url: str | None = None) -> ServiceProcess:
         return self._service(
             "indexer",
             "indexer",
             {
-                "INDEXER_ES_URL": self.stack.es_url,
+                "INDEXER_ES_URL": es_url or self.stack.es_url,
                 "INDEXER_KAFKA_BOOTSTRAP_SERVERS": self.stack.kafka,
                 "INDEXER_TOPIC": self.topic,
                 "INDEXER_GROUP_ID": self.group("indexer"),
@@ -194,13 +194,13 @@ class Workspace:
             },
         )
 
-    def baseline(self) -> ServiceProcess:
+    def baseline(self, *, es_url: str | None = None) -> ServiceProcess:
         return self._service(
             "baseline",
             "bench.baseline_app",
             {
                 "BASELINE_DATABASE_URL": self.database_url,
-                "BASELINE_ES_URL": self.stack.es_url,
+                "BASELINE_ES_URL": es_url or self.stack.es_url,
                 "BASELINE_INDEX_ALIAS": f"{self.prefix}baseline-blogs",
                 "BASELINE_LOG_LEVEL": SERVICE_LOG_LEVEL,
             },

@@ -24,7 +24,11 @@ from elasticsearch.helpers import async_bulk
 from bench.common import REPO, LagWatcher, Workspace, end_offsets, rss_mb, short_id
 from bench.events import Backlog
 from bench.profiling import cpu_share, sampled
+from blog_testkit.plugin import create_database, drop_database
+from counter.app import MIGRATIONS_DIR as COUNTER_MIGRATIONS
+from counter.app import SCHEMA as COUNTER_SCHEMA
 from indexer.index import ensure_index
+from service_kit.migrations import apply_migrations
 
 KAFKA_LIB = Path(os.environ.get("BENCH_KAFKA_LIB", REPO / ".state" / "kafka" / "lib"))
 CONSUMER_PERF_CLASS = "org.apache.kafka.tools.ConsumerPerformance"
@@ -69,6 +73,50 @@ async def drain_bare(
     ws: Workspace, ends: dict[int, int], *, max_batch: int, decode: bool, timeout_s: float
 ) -> dict[str, Any]:
     group = f"bare-{short_id()}-{ws.prefix}"
+    return await _drain_module(
+        ws,
+        ends,
+        group,
+        "bench.bare_consumer",
+        ["--max-batch", str(max_batch), *(["--decode"] if decode else [])],
+        timeout_s=timeout_s,
+    )
+
+
+async def drain_faststream(
+    ws: Workspace, ends: dict[int, int], *, max_batch: int, timeout_s: float
+) -> dict[str, Any]:
+    """The peer (bench/faststream_counter.py) on a database of its own, checked like the
+    counter: sum(total_blogs) after the drain."""
+    database, database_url = await create_database(ws.stack.postgres_dsn, "bench_peer_")
+    try:
+        await apply_migrations(database_url, COUNTER_SCHEMA, COUNTER_MIGRATIONS)
+        group = f"faststream-{short_id()}-{ws.prefix}"
+        result = await _drain_module(
+            ws,
+            ends,
+            group,
+            "bench.faststream_counter",
+            ["--max-batch", str(max_batch), "--database-url", database_url],
+            timeout_s=timeout_s,
+        )
+        result["total_blogs"] = await counter_total(database_url)
+    finally:
+        await drop_database(ws.stack.postgres_dsn, database)
+    return result
+
+
+async def _drain_module(
+    ws: Workspace,
+    ends: dict[int, int],
+    group: str,
+    module: str,
+    args: list[str],
+    *,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Spawn `python -m module --bootstrap --topic --group *args`, time it until the group's
+    lag is 0, then stop it."""
     events = sum(ends.values())
     usage: dict[str, object] = {}
     async with LagWatcher(ws.stack.kafka) as lag:
@@ -76,16 +124,14 @@ async def drain_bare(
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "bench.bare_consumer",
+            module,
             "--bootstrap",
             ws.stack.kafka,
             "--topic",
             ws.topic,
             "--group",
             group,
-            "--max-batch",
-            str(max_batch),
-            *(["--decode"] if decode else []),
+            *args,
             cwd=REPO,
             stdin=asyncio.subprocess.DEVNULL,
         )
@@ -286,6 +332,7 @@ async def indexed_live(es_url: str, alias: str) -> int:
 __all__ = [
     "counter_total",
     "drain_bare",
+    "drain_faststream",
     "drain_service",
     "end_offsets",
     "indexed_live",

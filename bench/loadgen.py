@@ -27,6 +27,9 @@ class LoadResult:
     ok: int
     errors: int
     latency: dict[str, float]
+    # Every answer, warm-up included: the denominator of the server's CPU per request (its CPU is
+    # read over the whole call).
+    completed: int = 0
 
     @property
     def throughput(self) -> float:
@@ -38,6 +41,7 @@ class LoadResult:
             "duration_s": self.duration_s,
             "ok": self.ok,
             "errors": self.errors,
+            "completed": self.completed,
             "throughput_per_s": round(self.throughput, 1),
             "latency": self.latency,
         }
@@ -61,7 +65,7 @@ async def post_blogs(
         {"Authorization": f"Bearer {token}", "Content-Type": "application/json"} for token in tokens
     ]
     latencies: list[float] = []
-    ok = errors = 0
+    ok = errors = completed = 0
     start = time.monotonic()
     window_start, window_end = start + warmup_s, start + warmup_s + duration_s
     counter = itertools.count()
@@ -71,7 +75,7 @@ async def post_blogs(
     ) as session:
 
         async def client() -> None:
-            nonlocal ok, errors
+            nonlocal ok, errors, completed
             while (sent := time.monotonic()) < window_end:
                 n = next(counter)
                 try:
@@ -85,6 +89,7 @@ async def post_blogs(
                 except (aiohttp.ClientError, OSError):
                     status = 0  # counted as an error, like any unexpected status
                 done = time.monotonic()
+                completed += status == expect_status
                 if window_start <= done <= window_end:
                     if status == expect_status:
                         ok += 1
@@ -93,4 +98,59 @@ async def post_blogs(
                         errors += 1
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
-    return LoadResult(concurrency, duration_s, ok, errors, summary(latencies))
+    return LoadResult(concurrency, duration_s, ok, errors, summary(latencies), completed)
+
+
+async def open_loop_posts(
+    url: str,
+    tokens: list[str],
+    *,
+    rate: float,
+    duration_s: float,
+    expect_status: int,
+    timeout_s: float = 5.0,
+) -> dict[str, object]:
+    """POST {url}/blogs open-loop: arrivals at `rate`/s whatever the answers' times (users keep
+    coming when the server is slow). An answer later than `timeout_s`, or other than
+    `expect_status`, is an error."""
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(n: int) -> None:
+            nonlocal errors
+            sent = time.monotonic()
+            try:
+                async with session.post(
+                    f"{url}/blogs",
+                    data=json.dumps({"title": f"Slow {n}", "body": BODY, "tags": ["bench"]}),
+                    headers={
+                        "Authorization": f"Bearer {tokens[n % len(tokens)]}",
+                        "Content-Type": "application/json",
+                    },
+                ) as response:
+                    await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                status = 0
+            if status == expect_status:
+                latencies.append(time.monotonic() - sent)
+            else:
+                errors += 1
+
+        started = time.monotonic()
+        tasks = []
+        for n in range(round(rate * duration_s)):
+            await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(one(n)))
+        sending_s = time.monotonic() - started
+        await asyncio.gather(*tasks)
+    return {
+        "rate_per_s": rate,
+        "sent_rate_per_s": round(len(tasks) / sending_s, 1) if sending_s else None,
+        "posts": len(tasks),
+        "errors": errors,
+        "latency": summary(latencies),
+    }

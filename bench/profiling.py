@@ -81,6 +81,7 @@ def cpu_share(pid: int | None, report: dict[str, object]) -> Iterator[None]:
         elapsed = time.monotonic() - started
         if before is not None and after is not None and elapsed > 0:
             report["cpu_share"] = round((after - before) / elapsed, 2)
+            report["cpu_s"] = round(after - before, 3)
 
 
 @contextlib.asynccontextmanager

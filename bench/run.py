@@ -6,7 +6,10 @@ Five measures, each beside its reference, in one run on one machine:
   2. Counter drain of a pre-loaded backlog vs a bare aiokafka loop (and Kafka's JVM perf tool).
   3. Indexer drain of the same backlog vs a raw `async_bulk` of the same documents.
   4. Freshness at a steady POST rate: 202 -> counted, 202 -> searchable, p50/p99.
-  5. Resident memory of each service at the end of runs 2-4.
+  5. Elasticsearch slow (a proxy adding 200 ms): the baseline's POST p99 and errors against the
+     publisher's, each beside its own figures with Elasticsearch at full speed.
+  Also: CPU per accepted POST, CPU seconds per 1,000 events of each drain, and the resident
+  memory of each service at the end of runs 2-4.
 Prints one table and writes bench/results/bench.json. Figures are not asserted anywhere: a
 target missed is reported (met? = no), not an error.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import math
 import os
@@ -29,6 +33,7 @@ from bench.common import RESULTS, StackAddresses, Workspace, create_authors, end
 from bench.drains import (
     counter_total,
     drain_bare,
+    drain_faststream,
     drain_service,
     indexed_live,
     kafka_consumer_perf,
@@ -36,9 +41,12 @@ from bench.drains import (
     rebuild,
 )
 from bench.events import Backlog, preload
-from bench.loadgen import post_blogs
+from bench.loadgen import open_loop_posts, post_blogs
 from bench.pipeline_latency import measure_freshness
 from bench.profiling import sampled
+from bench.slow_proxy import SlowProxy
+
+ES_DELAY_S = 0.2  # run 5: what the proxy adds to every request to Elasticsearch
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,9 @@ class Size:
     fresh_rate: float
     fresh_s: float
     drain_timeout_s: float
+    # Run 5 (Elasticsearch slow): open-loop POST rate and duration of each phase.
+    slow_rate: float = 100.0
+    slow_s: float = 10.0
     # The services' default batch; the references read and write in batches of the same size.
     max_batch: int = 500
 
@@ -69,6 +80,8 @@ SIZES = {
         fresh_rate=200.0,
         fresh_s=60.0,
         drain_timeout_s=1800.0,
+        slow_rate=200.0,
+        slow_s=30.0,
     ),
     # For working on a figure: the full shapes, a fifth of the volume.
     "medium": Size(
@@ -95,6 +108,8 @@ SIZES = {
         fresh_rate=20.0,
         fresh_s=5.0,
         drain_timeout_s=120.0,
+        slow_rate=20.0,
+        slow_s=3.0,
     ),
 }
 
@@ -131,7 +146,20 @@ async def run_post(stack: StackAddresses, size: Size, profile: bool) -> dict[str
                         warmup_s=size.warmup_s,
                         expect_status=expect,
                     )
-                results[name].append({**load.as_dict(), "rss_mb": rss_mb(app.pid), **prof})
+                cpu_s = prof.get("cpu_s")
+                per_post = (
+                    round(float(cpu_s) * 1000 / load.completed, 3)
+                    if isinstance(cpu_s, float) and load.completed
+                    else None
+                )
+                results[name].append(
+                    {
+                        **load.as_dict(),
+                        "rss_mb": rss_mb(app.pid),
+                        "cpu_ms_per_post": per_post,
+                        **prof,
+                    }
+                )
             await app.terminate()
     return results
 
@@ -174,6 +202,17 @@ async def run_drains(stack: StackAddresses, size: Size, profile: bool) -> dict[s
             "expected_total_blogs": stats.live,
             "total_blogs": await counter_total(ws.database_url),
         }
+        if importlib.util.find_spec("faststream") is None:
+            log("run 2: FastStream peer skipped: not installed (uv sync --group bench)")
+        else:
+            log("run 2: the peer, FastStream's batch subscriber, the counter's handler logic")
+            out["faststream"] = await drain_faststream(
+                ws, ends, max_batch=size.max_batch, timeout_s=timeout
+            )
+            out["faststream"]["check"] = {
+                "expected_total_blogs": stats.live,
+                "total_blogs": out["faststream"].pop("total_blogs"),
+            }
         log("run 3: raw async_bulk")
         out["raw_bulk"] = await raw_bulk(ws, backlog, chunk=size.max_batch)
         log("run 3: indexer drain")
@@ -230,6 +269,41 @@ async def run_freshness(stack: StackAddresses, size: Size, profile: bool) -> dic
     return result
 
 
+async def run_slow_es(stack: StackAddresses, size: Size, profile: bool) -> dict[str, Any]:
+    """Run 5, the design's thesis: Elasticsearch slow (a proxy adding 200 ms to every request).
+    Each app gets the same open-loop POST rate twice, Elasticsearch at full speed then slow,
+    through the same proxy: the baseline indexes inside the request, the publisher's pipeline
+    (counter and indexer running, the indexer behind the proxy) must not notice."""
+    del profile
+    host, _, port = stack.es_url.removeprefix("http://").rstrip("/").partition(":")
+    results: dict[str, Any] = {"delay_ms": ES_DELAY_S * 1000}
+    for name, expect in (("publisher", 202), ("baseline", 201)):
+        async with Workspace(stack) as ws, SlowProxy(host, int(port or 9200)) as proxy:
+            if name == "publisher":
+                app = ws.publisher(status_groups=[ws.group("counter"), ws.group("indexer")])
+                consumers = [
+                    ws.counter(max_batch=size.max_batch),
+                    ws.indexer(max_batch=size.max_batch, es_url=proxy.url),
+                ]
+            else:
+                app, consumers = ws.baseline(es_url=proxy.url), []
+            await asyncio.gather(app.start(), *(c.start() for c in consumers))
+            tokens = [a.token for a in await create_authors(ws.database_url, size.load_authors)]
+            phases: dict[str, Any] = {}
+            for phase, delay in (("normal", 0.0), ("slow", ES_DELAY_S)):
+                proxy.delay_s = delay
+                log(f"run 5: {name}, ES {phase}, {size.slow_rate:g} POST/s for {size.slow_s:g}s")
+                phases[phase] = await open_loop_posts(
+                    app.url,
+                    tokens,
+                    rate=size.slow_rate,
+                    duration_s=size.slow_s,
+                    expect_status=expect,
+                )
+            results[name] = phases
+    return results
+
+
 # -- the table -------------------------------------------------------------------------------
 
 
@@ -253,7 +327,9 @@ class Row:
 def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.1f}" if abs(value) >= 1 or value == 0 else f"{value:.3f}"
 
 
 def _ok(results: dict[str, Any], key: str) -> Any:
@@ -289,6 +365,16 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                     "ms",
                     "-",
                     None,
+                )
+            )
+            rows.append(
+                Row(
+                    f"CPU per accepted POST, c={c}",
+                    ours.get("cpu_ms_per_post"),
+                    ref.get("cpu_ms_per_post"),
+                    "ms",
+                    "<= 0.5 ms",
+                    ours.get("cpu_ms_per_post") is not None and ours["cpu_ms_per_post"] <= 0.5,
                 )
             )
             p99, ref_p99 = ours["latency"]["p99_ms"], ref["latency"]["p99_ms"]
@@ -336,6 +422,29 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                 None,
             )
         )
+        peer = drains.get("faststream")
+        if peer:
+            rows.append(
+                Row(
+                    "counter drain (vs FastStream batch subscriber, same handler)",
+                    counter,
+                    peer["events_per_s"],
+                    "events/s",
+                    ">= 1.0x",
+                    counter / peer["events_per_s"] >= 1.0,
+                )
+            )
+        for service, reference in (("counter", "bare_loop"), ("indexer", None)):
+            rows.append(
+                Row(
+                    f"{service} CPU per 1,000 events" + (" (vs bare loop)" if reference else ""),
+                    cpu_per_thousand(drains[service]),
+                    cpu_per_thousand(drains[reference]) if reference else None,
+                    "s",
+                    "-",
+                    None,
+                )
+            )
         indexer, raw = drains["indexer"]["events_per_s"], drains["raw_bulk"]["events_per_s"]
         rows.append(
             Row(
@@ -385,6 +494,17 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                 sent >= 0.95 * wanted,
             )
         )
+        post_p99 = fresh["post_latency"]["p99_ms"]
+        rows.append(
+            Row(
+                f"POST p99 at a steady {wanted:g}/s, consumers draining",
+                post_p99,
+                None,
+                "ms",
+                "<= 25 ms",
+                not math.isnan(post_p99) and post_p99 <= 25,
+            )
+        )
         for key, label, limit in (
             ("post_to_counted", "counted", 1000.0),
             ("post_to_searchable", "searchable", 2000.0),
@@ -401,6 +521,51 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                     not math.isnan(p99) and p99 < limit,
                 )
             )
+    slow = _ok(results, "slow_es")
+    if slow:
+        delay = f"ES +{slow['delay_ms']:g} ms"
+        pub, base = slow["publisher"], slow["baseline"]
+        rows.append(
+            Row(
+                f"{delay}: baseline POST p99 (vs ES at full speed)",
+                base["slow"]["latency"]["p99_ms"],
+                base["normal"]["latency"]["p99_ms"],
+                "ms",
+                "-",
+                None,
+            )
+        )
+        rows.append(
+            Row(
+                f"{delay}: baseline POST errors (of {base['slow']['posts']})",
+                base["slow"]["errors"],
+                base["normal"]["errors"],
+                "count",
+                "-",
+                None,
+            )
+        )
+        ours, normal = pub["slow"]["latency"]["p99_ms"], pub["normal"]["latency"]["p99_ms"]
+        rows.append(
+            Row(
+                f"{delay}: publisher POST p99 (vs ES at full speed)",
+                ours,
+                normal,
+                "ms",
+                "<= 1.1x",
+                bool(normal) and ours / normal <= 1.1,
+            )
+        )
+        rows.append(
+            Row(
+                f"{delay}: publisher POST errors (of {pub['slow']['posts']})",
+                pub["slow"]["errors"],
+                pub["normal"]["errors"],
+                "count",
+                "0",
+                pub["slow"]["errors"] == 0,
+            )
+        )
     memory = results.get("memory")
     if memory:
         for service, mb in memory.items():
@@ -415,6 +580,12 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                 )
             )
     return rows
+
+
+def cpu_per_thousand(drain: dict[str, Any]) -> float | None:
+    """CPU seconds the process used per 1,000 events of the drain."""
+    cpu_s, events = drain.get("cpu_s"), drain.get("events")
+    return round(float(cpu_s) * 1000 / events, 3) if cpu_s is not None and events else None
 
 
 def memory_at_end(results: dict[str, Any]) -> dict[str, float | None]:
@@ -476,6 +647,7 @@ async def measure(size_name: str, size: Size, runs: set[int], profile: bool) -> 
         ("post", run_post, 1 in runs),
         ("drains", run_drains, bool(runs & {2, 3})),
         ("freshness", run_freshness, 4 in runs),
+        ("slow_es", run_slow_es, 5 in runs),
     )
     for key, run, wanted in selected:
         if not wanted:
@@ -497,8 +669,8 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument(
         "--runs",
-        default="1,2,3,4",
-        help="comma-separated subset of 1,2,3,4 (run 5, memory, comes from runs 2-4)",
+        default="1,2,3,4,5",
+        help="comma-separated subset of 1,2,3,4,5 (5: Elasticsearch slow; memory from runs 2-4)",
     )
     parser.add_argument(
         "--profile",
@@ -529,7 +701,16 @@ def main() -> None:
     drains = _ok(results, "drains")
     if drains:
         counter, indexer = drains["counter"]["check"], drains["indexer"]["check"]
-        print(f"exactly-once checks: counter {counter}, indexer {indexer}")
+        peer = drains.get("faststream", {}).get("check")
+        print(f"exactly-once checks: counter {counter}, indexer {indexer}, FastStream peer {peer}")
+        print(
+            "cpu_share during the drains: "
+            + ", ".join(
+                f"{k} {drains[k].get('cpu_share')}"
+                for k in ("bare_loop", "counter", "faststream", "indexer")
+                if k in drains
+            )
+        )
         for rebuilt in ("counter_rebuild", "index_rebuild"):
             if rebuilt in drains:
                 print(f"{rebuilt} check: {drains[rebuilt]['check']}")

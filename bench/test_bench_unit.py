@@ -3,13 +3,16 @@ parser and the percentile are right."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import time
 
 from bench.common import percentile
 from bench.drains import bulk_actions, parse_consumer_perf
 from bench.events import Backlog, StreamStats, generate
 from bench.profiling import top_self
+from bench.slow_proxy import SlowProxy
 from blog_events import BlogDeleted, BlogPublished, BlogUpdated, decode_event
 
 
@@ -76,3 +79,31 @@ def test_top_self_sums_innermost_frames() -> None:
     collapsed = "main;a;b 3\nmain;a;c 1\nmain;x;b 4\n"
     assert top_self(collapsed) == [("b", 0.875), ("c", 0.125)]
     assert list(itertools.islice(top_self(""), 1)) == []
+
+
+async def test_slow_proxy_delays_requests_and_forwards_every_byte() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    payload = bytes(range(256)) * 1000
+    try:
+        async with SlowProxy("127.0.0.1", port, delay_s=0.15) as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            started = time.monotonic()
+            writer.write(payload)
+            await writer.drain()
+            echoed = await reader.readexactly(len(payload))
+            assert time.monotonic() - started >= 0.15
+            assert echoed == payload
+            proxy.delay_s = 0.0
+            writer.write(b"again")
+            assert await reader.readexactly(5) == b"again"
+            writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()

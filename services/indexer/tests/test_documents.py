@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from blog_events import BlogDeleted, BlogPublished, BlogUpdated
+from blog_events import BlogDeleted, BlogPublished, BlogUpdated, new_envelope
+from blog_events.fast import from_model
 from indexer.documents import (
     BlogEventPayload,
     BulkItemsUnavailable,
@@ -217,3 +218,19 @@ class TestCheckBulkResponse:
             "b": f"Elasticsearch rejected the document of blog b: {status} {error_type}: "
             "failed to parse field [tags] (caused by number_format_exception: x)"
         }
+
+
+@pytest.mark.parametrize("kind", ["published", "updated", "deleted"])
+def test_the_fast_decoders_structs_give_the_same_documents(kind: str) -> None:
+    """The indexer decodes with blog_events.fast: its structs must index exactly like the
+    pydantic models (same _source, same action line)."""
+    blog = uuid.uuid4()
+    payloads: dict[str, BlogPublished | BlogUpdated | BlogDeleted] = {
+        "published": published(blog),
+        "updated": updated(blog, 2),
+        "deleted": deleted(blog, 3),
+    }
+    payload = payloads[kind]
+    fast = from_model(new_envelope(payload)).payload
+    assert document_for(fast) == document_for(payload)
+    assert bulk_operations("ix", [fast]) == bulk_operations("ix", [payload])

@@ -17,6 +17,7 @@ from elasticsearch import AsyncElasticsearch
 from prometheus_client.parser import text_string_to_metric_families
 
 from blog_events import BlogDeleted
+from blog_events.fast import from_model
 from blog_testkit import (
     BlogHistory,
     ServiceProcess,
@@ -195,7 +196,7 @@ async def test_a_batch_that_cannot_be_indexed_raises_instead_of_guessing(
     than auto-create an index with a guessed mapping."""
     missing_alias = f"{es_prefix}missing"
     handler = make_batch_handler(es, missing_alias)
-    envelope = BlogHistory().publish(uuid.uuid4())
+    envelope = from_model(BlogHistory().publish(uuid.uuid4()))  # what the decoder hands over
     consumed = ConsumedEvent(envelope=envelope, topic="t", partition=0, offset=0, timestamp_ms=0)
     with pytest.raises(BulkItemsUnavailable) as failed:
         await handler([consumed])

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from blog_events import Envelope
+from blog_events.fast import FastEnvelope
 from counter.app import create_app, migrate
 from counter.rebuild import main_rebuild
 from counter.settings import Settings
@@ -37,7 +37,7 @@ GRACEFUL_SHUTDOWN_S = 10
 def main(
     argv: list[str] | None = None,
     *,
-    wrap_handler: Callable[[BatchHandler[Envelope]], BatchHandler[Envelope]] | None = None,
+    wrap_handler: Callable[[BatchHandler[FastEnvelope]], BatchHandler[FastEnvelope]] | None = None,
 ) -> int:
     """`wrap_handler`: fault injection for tests (`python -m blog_testkit.faults`)."""
     argv = sys.argv[1:] if argv is None else argv

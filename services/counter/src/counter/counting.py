@@ -7,8 +7,28 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from blog_events import BlogDeleted, BlogPublished, BlogUpdated, Envelope
+
+class PayloadView(Protocol):
+    """What counting reads of a payload: pydantic's models and the fast decoder's structs
+    (`blog_events.fast`) both have it."""
+
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def blog_id(self) -> uuid.UUID: ...
+    @property
+    def author_id(self) -> uuid.UUID: ...
+    @property
+    def version(self) -> int: ...
+
+
+class EventView(Protocol):
+    @property
+    def event_id(self) -> uuid.UUID: ...
+    @property
+    def payload(self) -> PayloadView: ...
 
 
 @dataclass(frozen=True)
@@ -40,15 +60,12 @@ class BatchPlan:
     stale: int  # blogs whose newest version in the batch was already applied
 
 
-def is_live(payload: BlogPublished | BlogUpdated | BlogDeleted) -> bool:
-    match payload:
-        case BlogPublished() | BlogUpdated():
-            return True
-        case BlogDeleted():
-            return False
+def is_live(payload: PayloadView) -> bool:
+    # A decoded event is one of the contract's three types: published and updated blogs are live.
+    return payload.event_type != "BlogDeleted"
 
 
-def change_of(envelope: Envelope) -> BlogChange:
+def change_of(envelope: EventView) -> BlogChange:
     payload = envelope.payload
     return BlogChange(
         blog_id=payload.blog_id,
@@ -59,7 +76,7 @@ def change_of(envelope: Envelope) -> BlogChange:
     )
 
 
-def fold_newest_per_blog(envelopes: Iterable[Envelope]) -> dict[uuid.UUID, BlogChange]:
+def fold_newest_per_blog(envelopes: Iterable[EventView]) -> dict[uuid.UUID, BlogChange]:
     """Keep, per blog, the event with the highest version. Every event carries the blog's whole
     state after it, so the newest one alone decides the outcome, whatever the order in the batch;
     a duplicate of the same version keeps the first seen."""

@@ -18,7 +18,7 @@ from typing import TextIO
 
 import asyncpg
 
-from blog_events import Envelope
+from blog_events.fast import FastEnvelope
 from counter.app import EVENT_DECODER
 from counter.counting import change_of
 from counter.repository import LIVE_TABLES, Tables, read_all
@@ -52,7 +52,7 @@ async def read_tables(database_url: str, tables: Tables = LIVE_TABLES) -> Snapsh
     )
 
 
-def entry(envelope: Envelope) -> tuple[uuid.UUID, int, BlogState]:
+def entry(envelope: FastEnvelope) -> tuple[uuid.UUID, int, BlogState]:
     change = change_of(envelope)
     return change.blog_id, change.version, (change.author_id, change.live)
 

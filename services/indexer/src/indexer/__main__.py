@@ -17,7 +17,7 @@ from collections.abc import Callable
 from elasticsearch import AsyncElasticsearch
 from pydantic import ValidationError
 
-from blog_events import Envelope
+from blog_events.fast import FastEnvelope
 from indexer.app import create_app
 from indexer.index import ensure_index
 from indexer.rebuild import main_rebuild
@@ -43,7 +43,7 @@ async def _migrate(settings: IndexerSettings) -> None:
 def main(
     argv: list[str],
     *,
-    wrap_handler: Callable[[BatchHandler[Envelope]], BatchHandler[Envelope]] | None = None,
+    wrap_handler: Callable[[BatchHandler[FastEnvelope]], BatchHandler[FastEnvelope]] | None = None,
 ) -> int:
     """`wrap_handler`: fault injection for tests (`python -m blog_testkit.faults`)."""
     if argv[:1] == ["topics"]:

@@ -16,7 +16,8 @@ from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from blog_events import Envelope, EventDecodeError, decode_event
+from blog_events import EventDecodeError
+from blog_events.fast import FastEnvelope, decode_event_fast
 from indexer.handler import IS_TRANSIENT, make_batch_handler
 from indexer.index import ensure_index
 from indexer.search import (
@@ -43,13 +44,15 @@ from service_kit.problems import (
 log = logging.getLogger(__name__)
 
 
-def event_log_fields(envelope: Envelope) -> dict[str, object]:
+def event_log_fields(envelope: FastEnvelope) -> dict[str, object]:
     """What a log line about one event says of it (JSON logs)."""
     return {"event_id": envelope.event_id, "blog_id": envelope.key}
 
 
 # The blog contract's decoder: what it rejects is dead-lettered with its message as the reason.
-EVENT_DECODER = Decoder(decode_event, (EventDecodeError,), log_fields=event_log_fields)
+# The fast one (msgspec, pydantic's verdicts: blog_events.fast): decoding was ~40 % of the
+# indexer's CPU (docs/performance.md).
+EVENT_DECODER = Decoder(decode_event_fast, (EventDecodeError,), log_fields=event_log_fields)
 
 # Elasticsearch may still be starting when the service does (compose, a fresh stack).
 ES_STARTUP_TIMEOUT_S = 60.0
@@ -80,7 +83,9 @@ def elasticsearch_client(url: str) -> AsyncElasticsearch:
 @dataclass
 class Runtime:
     es: AsyncElasticsearch
-    consumer: BackgroundConsumer[Envelope] | None = None  # None: consumption disabled, search only
+    consumer: BackgroundConsumer[FastEnvelope] | None = (
+        None  # None: consumption disabled, search only
+    )
 
     @property
     def consumer_healthy(self) -> bool:
@@ -106,7 +111,7 @@ async def _ensure_index_when_reachable(es: AsyncElasticsearch, settings: Indexer
 def create_app(
     settings: IndexerSettings,
     *,
-    wrap_handler: Callable[[BatchHandler[Envelope]], BatchHandler[Envelope]] | None = None,
+    wrap_handler: Callable[[BatchHandler[FastEnvelope]], BatchHandler[FastEnvelope]] | None = None,
 ) -> FastAPI:
     """`wrap_handler` is a seam for tests (fault injection around the batch handler)."""
     consumer_metrics = ConsumerMetrics() if settings.consumer_enabled else None

@@ -17,8 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blog_events import BlogDeleted, BlogPublished, BlogUpdated
+from blog_events.fast import FastBlogDeleted, FastBlogPublished, FastBlogUpdated
 
-BlogEventPayload = BlogPublished | BlogUpdated | BlogDeleted
+# The pydantic models or the fast decoder's structs (blog_events.fast): same fields.
+BlogEventPayload = (
+    BlogPublished
+    | BlogUpdated
+    | BlogDeleted
+    | FastBlogPublished
+    | FastBlogUpdated
+    | FastBlogDeleted
+)
+DELETED: tuple[type[BlogDeleted], type[FastBlogDeleted]] = (BlogDeleted, FastBlogDeleted)
 
 VERSION_CONFLICT = "version_conflict_engine_exception"
 
@@ -40,7 +50,7 @@ def fold_latest(events: Iterable[BlogEventPayload]) -> list[BlogEventPayload]:
 
 def document_for(event: BlogEventPayload) -> dict[str, Any]:
     """The `_source` stored for the blog's state after `event`."""
-    if isinstance(event, BlogDeleted):
+    if isinstance(event, (BlogDeleted, FastBlogDeleted)):
         return {
             "blog_id": str(event.blog_id),
             "author_id": str(event.author_id),
@@ -55,7 +65,9 @@ def document_for(event: BlogEventPayload) -> dict[str, Any]:
         "tags": list(event.tags),
         "version": event.version,
         "published_at": event.published_at.isoformat(),
-        "updated_at": event.updated_at.isoformat() if isinstance(event, BlogUpdated) else None,
+        "updated_at": event.updated_at.isoformat()
+        if isinstance(event, (BlogUpdated, FastBlogUpdated))
+        else None,
         "deleted": False,
     }
 

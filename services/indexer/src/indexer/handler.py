@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
-from blog_events import BlogDeleted, Envelope
+from blog_events.fast import FastEnvelope
 from indexer.documents import (
+    DELETED,
     BulkItemsUnavailable,
     bulk_operations,
     check_bulk_response,
@@ -39,11 +40,11 @@ IS_TRANSIENT = transient_errors(TransportError, BulkItemsUnavailable, when=es_fa
 
 def make_batch_handler(
     es: AsyncElasticsearch, alias: str, *, require_alias: bool = True
-) -> BatchHandler[Envelope]:
+) -> BatchHandler[FastEnvelope]:
     """`require_alias=False`: `alias` names a concrete index (a rebuild writes its new index
     before the alias points at it)."""
 
-    async def handle_batch(batch: Sequence[ConsumedEvent[Envelope]]) -> None:
+    async def handle_batch(batch: Sequence[ConsumedEvent[FastEnvelope]]) -> None:
         newest = fold_latest(consumed.envelope.payload for consumed in batch)
         if not newest:
             return
@@ -62,7 +63,7 @@ def make_batch_handler(
         # Items failing for the index's sake (429, 5xx, a write block) raise: the consumer
         # retries the whole batch (idempotent by versions) and commits nothing meanwhile.
         outcome = check_bulk_response(response.body)
-        tombstone_ids = {str(e.blog_id) for e in newest if isinstance(e, BlogDeleted)}
+        tombstone_ids = {str(e.blog_id) for e in newest if isinstance(e, DELETED)}
         tombstones = sum(1 for blog_id in outcome.written_ids if blog_id in tombstone_ids)
         DOCUMENTS_WRITTEN.labels(kind="tombstone").inc(tombstones)
         DOCUMENTS_WRITTEN.labels(kind="blog").inc(len(outcome.written_ids) - tombstones)

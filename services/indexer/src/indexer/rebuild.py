@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 from elasticsearch import AsyncElasticsearch, NotFoundError
 
-from blog_events import Envelope
+from blog_events.fast import FastEnvelope
 from indexer.app import EVENT_DECODER, elasticsearch_client
 from indexer.handler import make_batch_handler
 from indexer.index import MAPPINGS
@@ -60,7 +60,7 @@ BUILDING, LIVE, RETIRED = "building", "live", "retired"
 @dataclass(frozen=True)
 class Decoded:
     records: list[Record]
-    events: list[ConsumedEvent[Envelope]]
+    events: list[ConsumedEvent[FastEnvelope]]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_scan
 
-from blog_events import Envelope
+from blog_events.fast import FastEnvelope
 from indexer.app import EVENT_DECODER, elasticsearch_client
 from indexer.documents import document_for
 from indexer.settings import IndexerSettings
@@ -39,7 +39,7 @@ async def read_documents(es: AsyncElasticsearch, index: str) -> dict[str, tuple[
     return found
 
 
-def entry(envelope: Envelope) -> tuple[str, int, Document]:
+def entry(envelope: FastEnvelope) -> tuple[str, int, Document]:
     payload = envelope.payload
     return str(payload.blog_id), payload.version, document_for(payload)
 

@@ -41,6 +41,23 @@ CONVERGE_TIMEOUT_S = 300.0
 FIGURES_FILE = "cluster-failover.json"
 
 
+@dataclass(frozen=True)
+class Progress:
+    """What `Fleet.wait_flowing` saw: (more accepted, wanted), (more sent, wanted), and per group
+    (committed now, committed before). Truthy once everything moved."""
+
+    accepted: tuple[int, int]
+    sent: tuple[int, int]
+    committed: dict[str, tuple[int, int]]
+
+    def __bool__(self) -> bool:
+        return (
+            self.accepted[0] >= self.accepted[1]
+            and self.sent[0] >= self.sent[1]
+            and all(now > before for now, before in self.committed.values())
+        )
+
+
 @dataclass
 class Fleet:
     stack: Stack
@@ -93,15 +110,14 @@ class Fleet:
 
         commits = await wait_until(committed_now, timeout=timeout, what="committed offsets")
 
-        async def moving() -> bool:
-            if self.report.requests_accepted < accepted + writes:
-                return False
-            if await self.sent_rows() < sent + writes:
-                return False
-            for group in self.groups:
-                if await self.committed_total(group) <= commits[group]:
-                    return False
-            return True
+        async def moving() -> Progress:
+            # Every part read each time, so a timeout names the one that does not move.
+            committed = {group: await self.committed_total(group) for group in self.groups}
+            return Progress(
+                accepted=(self.report.requests_accepted - accepted, writes),
+                sent=(await self.sent_rows() - sent, writes),
+                committed={g: (committed[g], commits[g]) for g in self.groups},
+            )
 
         await wait_until(moving, timeout=timeout, what="writes accepted, relayed and committed")
 

@@ -37,8 +37,9 @@ class ConsumerGroupSettings(KafkaClientSettings):
     # Comma-separated brokers (`host:port,host:port,...`): any live one is enough to connect.
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
     topic: str = Field(min_length=1)  # each service sets its own default
-    # New partitions of the topic are consumed within this time (see ConsumerConfig).
-    kafka_metadata_max_age_ms: int = Field(default=30_000, ge=1000)
+    # New partitions are consumed, and brokers back from an outage known, within this time
+    # (see ConsumerConfig.metadata_max_age_ms).
+    kafka_metadata_max_age_ms: int = Field(default=5_000, ge=1000)
     group_id: str = Field(min_length=1)  # each service sets its own default
     consumer_enabled: bool = True
     max_batch: int = Field(default=500, ge=1, le=10_000)

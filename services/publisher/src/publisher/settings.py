@@ -50,8 +50,9 @@ class PublisherSettings(KafkaClientSettings):
     # A request waiting longer than this for PostgreSQL gets 503 rather than hanging.
     db_timeout_s: float = Field(default=5.0, gt=0)
     kafka_request_timeout_ms: int = Field(default=10_000, ge=1000)
-    # Partitions added to the topic get keys within this time (aiokafka's default: 5 minutes).
-    kafka_metadata_max_age_ms: int = Field(default=30_000, ge=1000)
+    # Partitions added to the topic get keys, and brokers back from an outage are known, within
+    # this time (aiokafka's default: 5 minutes; why it is short: ConsumerConfig in service_kit).
+    kafka_metadata_max_age_ms: int = Field(default=5_000, ge=1000)
     # Writes (POST/PUT/DELETE) per author per second in this process, with bursts up to
     # `rate_limit_burst`; 0 turns the limit off. Generous: it stops runaway clients, not load.
     rate_limit_per_s: float = Field(default=50.0, ge=0)

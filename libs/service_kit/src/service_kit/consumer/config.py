@@ -22,7 +22,10 @@ class ConsumerConfig:
     retry_max_s: float = 10.0
     # How often the metadata is refreshed even without errors: partitions added to the topic
     # are picked up (the group rebalances) within this time; aiokafka's default is 5 minutes.
-    metadata_max_age_ms: int = 30_000
+    # Short, because aiokafka asks only the brokers of its last metadata, never the bootstrap
+    # list again: a client that last refreshed while one broker was up is stuck (no coordinator,
+    # no fetch) if that broker goes down before a refresh shows the others are back.
+    metadata_max_age_ms: int = 5_000
     # Tries of a record isolated by a record-level failure before it is dead-lettered.
     record_attempts: int = 3
     # Handler dead letters in a row after which failures count as systemic (retried, not

@@ -56,7 +56,13 @@ class DeadLetterWriter:
     """An idempotent producer (acks=all) to the group's dead-letter topic: a write returns once
     the copy is durable, so the source offset may then be committed."""
 
-    def __init__(self, bootstrap_servers: str, group_id: str, dlq_topic: str) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        group_id: str,
+        dlq_topic: str,
+        metadata_max_age_ms: int = 5_000,
+    ) -> None:
         self.group_id = group_id
         self.dlq_topic = dlq_topic
         self._producer = AIOKafkaProducer(
@@ -64,6 +70,7 @@ class DeadLetterWriter:
             client_id=f"{group_id}-{os.getpid()}-dlq",
             acks="all",
             enable_idempotence=True,
+            metadata_max_age_ms=metadata_max_age_ms,
             **client_options(),
         )
 

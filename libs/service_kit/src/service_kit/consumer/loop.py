@@ -104,7 +104,12 @@ class BatchConsumer(Generic[E]):
         if self._consumer is not None:
             return
         config = self.config
-        dead_letters = DeadLetterWriter(config.bootstrap_servers, config.group_id, config.dlq_topic)
+        dead_letters = DeadLetterWriter(
+            config.bootstrap_servers,
+            config.group_id,
+            config.dlq_topic,
+            metadata_max_age_ms=config.metadata_max_age_ms,
+        )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=config.bootstrap_servers,
             group_id=config.group_id,

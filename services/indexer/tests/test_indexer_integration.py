@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,7 +29,6 @@ from blog_testkit import (
     wait_until,
 )
 from blog_testkit.faults import CRASH_EXIT_CODE, FAULTY_SERVICE_MODULE, faulty_service_env
-from blog_testkit.plugin import create_dead_letter_topics
 from indexer.app import create_app
 from indexer.documents import BulkItemsUnavailable
 from indexer.handler import IS_TRANSIENT, make_batch_handler
@@ -39,14 +37,6 @@ from indexer.settings import IndexerSettings
 from service_kit.consumer import ConsumedEvent
 
 pytestmark = pytest.mark.integration
-
-
-@pytest_asyncio.fixture
-async def topic(topic: str, stack: Stack) -> str:
-    """The plugin's fresh topic, plus the dead-letter topic of this module's consumer group(s):
-    consumers wait for both before they consume."""
-    await create_dead_letter_topics(stack.kafka_bootstrap, topic, [f"indexer-{topic}"])
-    return topic
 
 
 ServiceProcessFactory = Callable[..., ServiceProcess]
@@ -97,15 +87,6 @@ def counter_value(
             ):
                 return float(sample.value)
     return 0.0
-
-
-@pytest_asyncio.fixture
-async def es(stack: Stack) -> AsyncIterator[AsyncElasticsearch]:
-    client = AsyncElasticsearch(stack.es_url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def settings_for(stack: Stack, topic: str, es_prefix: str) -> IndexerSettings:

@@ -23,12 +23,10 @@ from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
 
 from blog_events import BlogDeleted, Envelope
 from blog_testkit import BlogHistory, Stack, committed_offsets, produce, wait_for_zero_lag
-from blog_testkit.plugin import create_dead_letter_topics
 from blog_testkit.waiting import wait_until
 from indexer.app import create_app
 from indexer.index import MAPPINGS
@@ -50,21 +48,6 @@ CHANGED_MAPPINGS["properties"]["tags"] = {
     "type": "keyword",
     "fields": {"text": {"type": "text", "analyzer": "standard"}},
 }
-
-
-@pytest_asyncio.fixture
-async def topic(topic: str, stack: Stack) -> str:
-    await create_dead_letter_topics(stack.kafka_bootstrap, topic, [f"indexer-{topic}"])
-    return topic
-
-
-@pytest_asyncio.fixture
-async def es(stack: Stack) -> AsyncIterator[AsyncElasticsearch]:
-    client = AsyncElasticsearch(stack.es_url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def settings_for(stack: Stack, topic: str, es_prefix: str) -> IndexerSettings:

@@ -13,32 +13,15 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
 
 from blog_events import Envelope
 from blog_testkit import BlogHistory, Stack, produce, wait_for_zero_lag
-from blog_testkit.plugin import create_dead_letter_topics
 from indexer.app import create_app
 from indexer.settings import IndexerSettings
 from indexer.verify import run_verify
 
 pytestmark = pytest.mark.integration
-
-
-@pytest_asyncio.fixture
-async def topic(topic: str, stack: Stack) -> str:
-    await create_dead_letter_topics(stack.kafka_bootstrap, topic, [f"indexer-{topic}"])
-    return topic
-
-
-@pytest_asyncio.fixture
-async def es(stack: Stack) -> AsyncIterator[AsyncElasticsearch]:
-    client = AsyncElasticsearch(stack.es_url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def settings_for(stack: Stack, topic: str, es_prefix: str) -> IndexerSettings:

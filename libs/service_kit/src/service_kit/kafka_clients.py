@@ -22,6 +22,12 @@ from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 SecurityProtocol = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"]
 SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 STACK_ENV_PREFIX = "BLOG_KAFKA_"
+# How often every long-lived client refreshes its metadata even without errors (aiokafka's
+# default: 5 minutes). Short, because aiokafka asks only the brokers of its last metadata, never
+# the bootstrap list again: a client that last refreshed while one broker was up is stuck (no
+# coordinator, no fetch, no send) if that broker goes down before a refresh shows the others are
+# back. New partitions are picked up within this time too.
+METADATA_MAX_AGE_MS = 5_000
 FIELDS = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password", "ssl_cafile")
 
 

@@ -9,7 +9,12 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 
 from service_kit.consumer import ConsumerConfig
-from service_kit.kafka_clients import KafkaSecurity, SaslMechanism, SecurityProtocol
+from service_kit.kafka_clients import (
+    METADATA_MAX_AGE_MS,
+    KafkaSecurity,
+    SaslMechanism,
+    SecurityProtocol,
+)
 from service_kit.topics import dead_letter_topic, retry_topic
 
 
@@ -38,8 +43,8 @@ class ConsumerGroupSettings(KafkaClientSettings):
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
     topic: str = Field(min_length=1)  # each service sets its own default
     # New partitions are consumed, and brokers back from an outage known, within this time
-    # (see ConsumerConfig.metadata_max_age_ms).
-    kafka_metadata_max_age_ms: int = Field(default=5_000, ge=1000)
+    # (see kafka_clients.METADATA_MAX_AGE_MS).
+    kafka_metadata_max_age_ms: int = Field(default=METADATA_MAX_AGE_MS, ge=1000)
     group_id: str = Field(min_length=1)  # each service sets its own default
     consumer_enabled: bool = True
     max_batch: int = Field(default=500, ge=1, le=10_000)

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from blog_events import TOPIC
+from service_kit.kafka_clients import METADATA_MAX_AGE_MS
 from service_kit.settings import KafkaClientSettings
 
 
@@ -51,8 +52,8 @@ class PublisherSettings(KafkaClientSettings):
     db_timeout_s: float = Field(default=5.0, gt=0)
     kafka_request_timeout_ms: int = Field(default=10_000, ge=1000)
     # Partitions added to the topic get keys, and brokers back from an outage are known, within
-    # this time (aiokafka's default: 5 minutes; why it is short: ConsumerConfig in service_kit).
-    kafka_metadata_max_age_ms: int = Field(default=5_000, ge=1000)
+    # this time (why it is short: service_kit.kafka_clients.METADATA_MAX_AGE_MS).
+    kafka_metadata_max_age_ms: int = Field(default=METADATA_MAX_AGE_MS, ge=1000)
     # Writes (POST/PUT/DELETE) per author per second in this process, with bursts up to
     # `rate_limit_burst`; 0 turns the limit off. Generous: it stops runaway clients, not load.
     rate_limit_per_s: float = Field(default=50.0, ge=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service_kit.consumer.isolation import RetryPolicy
+from service_kit.kafka_clients import METADATA_MAX_AGE_MS
 
 
 @dataclass(frozen=True)
@@ -20,12 +21,9 @@ class ConsumerConfig:
     poll_timeout_ms: int = 200
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
-    # How often the metadata is refreshed even without errors: partitions added to the topic
-    # are picked up (the group rebalances) within this time; aiokafka's default is 5 minutes.
-    # Short, because aiokafka asks only the brokers of its last metadata, never the bootstrap
-    # list again: a client that last refreshed while one broker was up is stuck (no coordinator,
-    # no fetch) if that broker goes down before a refresh shows the others are back.
-    metadata_max_age_ms: int = 5_000
+    # Partitions added to the topic are picked up (the group rebalances), and brokers back from
+    # an outage are known, within this time (why it is short: kafka_clients.METADATA_MAX_AGE_MS).
+    metadata_max_age_ms: int = METADATA_MAX_AGE_MS
     # Tries of a record isolated by a record-level failure before it is dead-lettered.
     record_attempts: int = 3
     # Handler dead letters in a row after which failures count as systemic (retried, not

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 
 from service_kit.consumer.records import Record
-from service_kit.kafka_clients import client_options
+from service_kit.kafka_clients import METADATA_MAX_AGE_MS, client_options
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class DeadLetterWriter:
         bootstrap_servers: str,
         group_id: str,
         dlq_topic: str,
-        metadata_max_age_ms: int = 5_000,
+        metadata_max_age_ms: int = METADATA_MAX_AGE_MS,
     ) -> None:
         self.group_id = group_id
         self.dlq_topic = dlq_topic

@@ -3,6 +3,7 @@ settings' representation."""
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 from pydantic import ValidationError
 
@@ -117,3 +118,45 @@ def test_rate_limit_settings_defaults_and_bounds() -> None:
         PublisherSettings(database_url="postgresql://x@h/db", rate_limit_per_s=-1)
     with pytest.raises(ValidationError):
         PublisherSettings(database_url="postgresql://x@h/db", rate_limit_burst=0)
+
+
+class _ConnectionFailing:
+    """An asyncpg connection whose every statement fails with `error`."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def add_termination_listener(self, _callback: object) -> None:
+        pass
+
+    async def fetchval(self, *_args: object, **_kwargs: object) -> object:
+        raise self.error
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # What a statement meets when the server's FATAL (pg_terminate_backend) was read before
+        # the socket's close: the protocol is stuck consuming the error (seen in CI).
+        asyncpg.InternalClientError(
+            "cannot switch to state 11; another operation (2) is in progress"
+        ),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        ConnectionResetError("reset by peer"),
+    ],
+)
+async def test_a_broken_connection_loses_the_lock_session(error: Exception) -> None:
+    from publisher.relay_lock import LockSession, SessionLostError
+
+    session = LockSession(_ConnectionFailing(error), idle_timeout_s=10, statement_timeout_s=10)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(SessionLostError):
+            await session.fetchval("SELECT 1")
+        assert session.lost.is_set()
+        with pytest.raises(SessionLostError):  # and stays lost: nothing more goes through it
+            await session.fetchval("SELECT 1")
+    finally:
+        await session.close()

@@ -176,7 +176,14 @@ class LockSession:
                 raise SessionLostError(self.lost_reason)
             try:
                 yield
-            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            except (
+                asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError,
+                # The server's FATAL (pg_terminate_backend, idle_session_timeout) read before the
+                # socket's close: the protocol is stuck consuming it and the connection is done.
+                asyncpg.InternalClientError,
+                OSError,
+            ) as exc:
                 self._lose(f"{type(exc).__name__}: {exc}")
                 raise SessionLostError(self.lost_reason) from exc
             except TimeoutError as exc:

@@ -9,6 +9,7 @@ from blog_events import BlogDeleted, BlogPublished, BlogUpdated, Envelope, new_e
 from counter.counting import (
     BlogChange,
     StoredBlog,
+    by_uuid,
     fold_newest_per_blog,
     plan_batch,
 )
@@ -174,3 +175,10 @@ def test_plan_orders_blogs_and_authors_for_lock_order() -> None:
     )
     assert [c.blog_id for c in plan.changes] == sorted(blogs)
     assert list(plan.author_deltas) == sorted(authors)
+
+
+def test_ids_sort_by_their_int_exactly_as_uuids_sort() -> None:
+    # PostgreSQL orders uuid bytewise, as UUID.__lt__ orders them; the cheap key must agree.
+    ids = [uuid.uuid4() for _ in range(2000)] + [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1)]
+    assert sorted(ids, key=by_uuid) == sorted(ids)
+    assert sorted(ids, key=by_uuid) == sorted(ids, key=lambda u: u.bytes)

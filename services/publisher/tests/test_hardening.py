@@ -261,6 +261,13 @@ async def test_unknown_routes_and_methods_answer_problems(publisher: RunningPubl
 
 
 async def test_every_write_needs_a_valid_unrevoked_token(
+    publisher_factory: PublisherFactory, database_url: str, db: asyncpg.Connection
+) -> None:
+    async with publisher_factory(token_cache_ttl_s=0) as publisher:  # every request looks up
+        await _every_write_needs_a_valid_unrevoked_token(publisher, database_url, db)
+
+
+async def _every_write_needs_a_valid_unrevoked_token(
     publisher: RunningPublisher, database_url: str, db: asyncpg.Connection
 ) -> None:
     author = await new_author(database_url)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import asyncpg
 import pytest
 
 from blog_events import BlogPublished, BlogUpdated, decode_event
-from blog_testkit import free_port
+from blog_testkit import free_port, wait_until
 from publisher.auth import revoke_token
 from publisher.store import BlogStore
 
@@ -19,19 +20,56 @@ pytestmark = pytest.mark.integration
 
 
 async def test_missing_bad_and_revoked_tokens_are_401(
-    publisher: RunningPublisher, database_url: str, db: asyncpg.Connection
+    publisher_factory: PublisherFactory, database_url: str, db: asyncpg.Connection
 ) -> None:
-    author = await new_author(database_url)
-    client = publisher.client
-    for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic x"}):
-        response = await client.post("/blogs", json=draft(), headers=headers)
-        assert response.status_code == 401, headers
-        assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    assert (await client.post("/blogs", json=draft(), headers=author.headers)).status_code == 202
-    assert await revoke_token(db, author.token)
-    response = await client.post("/blogs", json=draft(), headers=author.headers)
-    assert response.status_code == 401
+    async with publisher_factory(token_cache_ttl_s=0) as publisher:  # no cache: refused at once
+        author = await new_author(database_url)
+        client = publisher.client
+        for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic x"}):
+            response = await client.post("/blogs", json=draft(), headers=headers)
+            assert response.status_code == 401, headers
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        response = await client.post("/blogs", json=draft(), headers=author.headers)
+        assert response.status_code == 202
+        assert await revoke_token(db, author.token)
+        response = await client.post("/blogs", json=draft(), headers=author.headers)
+        assert response.status_code == 401
     assert await db.fetchval("SELECT count(*) FROM publisher.blogs") == 1
+
+
+async def test_a_revoked_token_is_refused_within_the_token_cache_ttl(
+    publisher_factory: PublisherFactory, database_url: str, db: asyncpg.Connection
+) -> None:
+    ttl_s = 1.0
+    async with publisher_factory(token_cache_ttl_s=ttl_s) as publisher:
+        author = await new_author(database_url)
+        other = await new_author(database_url, "other")
+        client = publisher.client
+        for headers in (author.headers, other.headers):
+            assert (await client.post("/blogs", json=draft(), headers=headers)).status_code == 202
+        # Both valid tokens are cached now.
+        assert len(publisher.app.state.runtime.tokens) == 2
+        assert await revoke_token(db, author.token)
+        revoked_at = time.monotonic()
+        statuses: list[int] = []
+
+        async def refused() -> bool:
+            response = await client.post("/blogs", json=draft(), headers=author.headers)
+            statuses.append(response.status_code)
+            return response.status_code == 401
+
+        await wait_until(refused, timeout=ttl_s + 10, what="revoked token refused", interval=0.05)
+        refused_after = time.monotonic() - revoked_at
+        # Accepted only until its cache entry expired, refused from then on.
+        assert set(statuses[:-1]) <= {202}
+        assert statuses[-1] == 401
+        assert refused_after <= ttl_s + 0.5, refused_after
+        response = await client.post("/blogs", json=draft(), headers=author.headers)
+        assert response.status_code == 401
+        # The other author's token is unaffected.
+        assert (await client.post("/blogs", json=draft(), headers=other.headers)).status_code == 202
+    accepted = 3 + len(statuses) - 1
+    assert await db.fetchval("SELECT count(*) FROM publisher.blogs") == accepted
 
 
 async def test_post_writes_blog_and_outbox_row(

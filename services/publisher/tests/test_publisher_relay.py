@@ -284,6 +284,7 @@ async def test_service_process_cli_and_graceful_shutdown(
         "PUBLISHER_DATABASE_URL": database_url,
         "PUBLISHER_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
         "PUBLISHER_TOPIC": topic,
+        "PUBLISHER_TOKEN_CACHE_TTL_S": "1",
     }
     migrate = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -342,7 +343,13 @@ async def test_service_process_cli_and_graceful_shutdown(
         )
         await revoke.communicate()
         assert revoke.returncode == 0
-        assert (await client.post("/blogs", json=draft(), headers=headers)).status_code == 401
+
+        async def refused() -> bool:
+            response = await client.post("/blogs", json=draft(), headers=headers)
+            return response.status_code == 401
+
+        # Within the process's token cache TTL (1 s here, see `env`).
+        await wait_until(refused, timeout=10, what="the revoked token refused", interval=0.1)
     # uvicorn re-raises the SIGTERM it handled once shutdown is complete: -15 is a clean exit.
     assert await process.terminate() in (0, -signal.SIGTERM)
     log = process.log_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from blog_events.models import TAGS_MAX, TITLE_MAX
-from publisher.auth import bearer_token, hash_token, new_token
+from publisher.auth import TokenCache, bearer_token, hash_token, new_token
 from publisher.middleware import BodySizeLimitMiddleware
 from publisher.models import BlogDraft
 from publisher.settings import PublisherSettings
@@ -147,3 +148,72 @@ class TestBodySizeLimit:
         # A generator body is sent chunked, without Content-Length: bytes are counted.
         response = await client.post("/", content=chunks())
         assert response.status_code == 413
+
+
+class _TokenTable:
+    """`publisher.api_tokens` as `author_for_hash` reads it: counts the lookups."""
+
+    def __init__(self) -> None:
+        self.valid: dict[bytes, uuid.UUID] = {}
+        self.lookups = 0
+
+    async def fetchval(self, _query: str, token_hash: bytes) -> uuid.UUID | None:
+        self.lookups += 1
+        return self.valid.get(token_hash)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_token_cache_asks_once_per_ttl_and_honours_a_revocation_after_it() -> None:
+
+    table, clock = _TokenTable(), _Clock()
+    author = uuid.uuid4()
+    table.valid[hash_token("t1")] = author
+    cache = TokenCache(ttl_s=5, max_entries=10, clock=clock)
+    conn: Any = table
+    assert await cache.author_for_token(conn, "t1") == author
+    clock.now += 4.9
+    assert await cache.author_for_token(conn, "t1") == author
+    assert table.lookups == 1
+    del table.valid[hash_token("t1")]  # revoked
+    clock.now += 0.1  # 5 s after the lookup: expired
+    assert await cache.author_for_token(conn, "t1") is None
+    assert table.lookups == 2
+    assert len(cache) == 0
+
+
+async def test_the_token_cache_keeps_no_unknown_token_and_stays_bounded() -> None:
+
+    table, clock = _TokenTable(), _Clock()
+    conn: Any = table
+    cache = TokenCache(ttl_s=5, max_entries=3, clock=clock)
+    for _ in range(3):
+        assert await cache.author_for_token(conn, "unknown") is None
+    assert table.lookups == 3
+    assert len(cache) == 0
+    for name in ("a", "b", "c", "d"):
+        table.valid[hash_token(name)] = uuid.uuid4()
+        await cache.author_for_token(conn, name)
+    assert len(cache) == 3
+    lookups = table.lookups
+    await cache.author_for_token(conn, "a")  # the oldest, dropped for "d"
+    await cache.author_for_token(conn, "d")
+    assert table.lookups == lookups + 1
+
+
+async def test_a_token_cache_ttl_of_zero_looks_up_every_time() -> None:
+
+    table = _TokenTable()
+    table.valid[hash_token("t")] = uuid.uuid4()
+    conn: Any = table
+    cache = TokenCache(ttl_s=0, max_entries=10)
+    for _ in range(3):
+        await cache.author_for_token(conn, "t")
+    assert table.lookups == 3
+    assert len(cache) == 0

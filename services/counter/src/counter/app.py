@@ -31,6 +31,7 @@ from service_kit.consumer import (
     transient_errors,
 )
 from service_kit.migrations import apply_migrations
+from service_kit.pools import keep_session
 from service_kit.problems import install_problem_handlers, problem_response, problem_responses
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -133,7 +134,10 @@ def create_app(
             applied = await migrate(settings)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
-        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+        # No session state on these connections (one transaction per batch, plain reads).
+        pool = await asyncpg.create_pool(
+            settings.database_url, min_size=1, max_size=4, reset=keep_session
+        )
         runtime = Runtime(pool=pool)
         handler: BatchHandler[FastEnvelope] = CountingHandler(pool)
         if wrap_handler is not None:

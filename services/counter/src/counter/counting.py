@@ -3,6 +3,7 @@ stored state which changes apply (version guard) and how each author's total mov
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -60,6 +61,15 @@ class BatchPlan:
     stale: int  # blogs whose newest version in the batch was already applied
 
 
+# UUIDs in their natural order (the one PostgreSQL sorts uuid by) at a C attribute's cost:
+# UUID.__lt__ is Python code, and sorting a batch's ids with it was ~1 us per event.
+by_uuid = operator.attrgetter("int")
+
+
+def _by_author(item: tuple[uuid.UUID, int]) -> int:
+    return item[0].int
+
+
 def is_live(payload: PayloadView) -> bool:
     # A decoded event is one of the contract's three types: published and updated blogs are live.
     return payload.event_type != "BlogDeleted"
@@ -97,7 +107,7 @@ def plan_batch(
     applied: list[BlogChange] = []
     deltas: defaultdict[uuid.UUID, int] = defaultdict(int)
     stale = 0
-    for blog_id in sorted(newest):
+    for blog_id in sorted(newest, key=by_uuid):
         change = newest[blog_id]
         before = stored.get(blog_id)
         if before is not None and change.version <= before.version:
@@ -110,6 +120,8 @@ def plan_batch(
             deltas[change.author_id] += 1
     return BatchPlan(
         changes=tuple(applied),
-        author_deltas={author: delta for author, delta in sorted(deltas.items()) if delta != 0},
+        author_deltas={
+            author: delta for author, delta in sorted(deltas.items(), key=_by_author) if delta != 0
+        },
         stale=stale,
     )

@@ -10,7 +10,7 @@ from functools import cache
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from counter.counting import BatchPlan, BlogChange, StoredBlog, plan_batch
+from counter.counting import BatchPlan, BlogChange, StoredBlog, by_uuid, plan_batch
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ async def apply_in_transaction(
     tables: Tables = LIVE_TABLES,
 ) -> BatchPlan:
     """`apply_changes` inside the caller's transaction (a rebuild's swap)."""
-    rows = await connection.fetch(_sql(_LOCK_BLOG_STATE, tables), sorted(newest))
+    rows = await connection.fetch(_sql(_LOCK_BLOG_STATE, tables), sorted(newest, key=by_uuid))
     stored = {
         row["blog_id"]: StoredBlog(row["author_id"], row["version"], row["live"]) for row in rows
     }
@@ -150,7 +150,7 @@ async def upsert_blog_states(
 ) -> None:
     """Blog rows only, newer versions only; the caller recounts the totals before they are read
     (a rebuild's shadow tables, which nothing else writes)."""
-    ordered = [newest[blog_id] for blog_id in sorted(newest)]
+    ordered = [newest[blog_id] for blog_id in sorted(newest, key=by_uuid)]
     await connection.execute(
         _sql(_UPSERT_BLOG_STATE, tables),
         [c.blog_id for c in ordered],

@@ -56,6 +56,12 @@ async def revoke_token_command(settings: PublisherSettings, token: str) -> int:
     finally:
         await conn.close()
     print(json.dumps({"revoked": revoked}))
+    if revoked and settings.token_cache_ttl_s > 0:
+        print(
+            f"running publishers refuse it within {settings.token_cache_ttl_s:g} s"
+            " (PUBLISHER_TOKEN_CACHE_TTL_S)",
+            file=sys.stderr,
+        )
     return 0 if revoked else 1
 
 

@@ -14,6 +14,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from publisher import idempotency
+from publisher.auth import TokenCache
 from publisher.dependencies import Runtime
 from publisher.errors import install_error_handlers
 from publisher.kafka_status import KafkaStatus
@@ -30,6 +31,7 @@ from publisher.settings import PublisherSettings
 from publisher.store import BlogStore
 from service_kit import tracing
 from service_kit.migrations import apply_migrations
+from service_kit.pools import keep_session
 
 __all__ = ["MIGRATIONS_DIR", "SCHEMA", "Runtime", "create_app"]
 
@@ -37,14 +39,6 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SCHEMA = "publisher"
-
-
-async def keep_session(_conn: asyncpg.Connection) -> None:
-    """The pool's reset on release, a no-op: asyncpg's default runs one more round trip per
-    release (`RESET ALL; UNLISTEN *; ...`). Pool connections never change session state (no SET,
-    LISTEN, session advisory lock or cursor: the relay has its own connection; idempotency keys
-    take transaction-scoped locks), and asyncpg still rolls back a transaction left open before
-    calling this."""
 
 
 async def purge_expired_keys(rt: Runtime) -> None:
@@ -77,6 +71,8 @@ def create_app(settings: PublisherSettings) -> FastAPI:
             max_size=settings.db_pool_max_size,
             timeout=settings.db_timeout_s,
             command_timeout=settings.db_timeout_s * 2,
+            # No session state on these connections: the relay has its own, idempotency keys
+            # take transaction-scoped locks.
             reset=keep_session,
         )
         kafka = KafkaStatus(settings.kafka_bootstrap_servers, settings.kafka_request_timeout_ms)
@@ -94,6 +90,7 @@ def create_app(settings: PublisherSettings) -> FastAPI:
                 if settings.rate_limit_per_s > 0
                 else None
             ),
+            tokens=TokenCache(settings.token_cache_ttl_s, settings.token_cache_max_entries),
             relay_task=relay_task,
         )
         app.state.runtime = rt

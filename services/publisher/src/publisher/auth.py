@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
+from collections.abc import Callable
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -38,11 +40,56 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 async def author_for_token(conn: DbConnection, token: str) -> uuid.UUID | None:
+    return await author_for_hash(conn, hash_token(token))
+
+
+async def author_for_hash(conn: DbConnection, token_hash: bytes) -> uuid.UUID | None:
     author_id: uuid.UUID | None = await conn.fetchval(
         "SELECT author_id FROM publisher.api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-        hash_token(token),
+        token_hash,
     )
     return author_id
+
+
+class TokenCache:
+    """Valid tokens seen in the last `ttl_s` seconds, so most writes skip the lookup statement
+    (one of the two statements of a POST). Revocation is honoured within `ttl_s`: a revoked
+    token's entry expires and is looked up again, and only valid tokens are kept (an unknown or
+    revoked token is asked for every time). Bounded to `max_entries`, the oldest dropped first;
+    keyed by the token's hash, so no token is held in clear. `ttl_s` = 0 turns it off."""
+
+    def __init__(
+        self,
+        ttl_s: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[bytes, tuple[uuid.UUID, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def author_for_token(self, conn: DbConnection, token: str) -> uuid.UUID | None:
+        if self.ttl_s <= 0:
+            return await author_for_token(conn, token)
+        token_hash = hash_token(token)
+        entry = self._entries.get(token_hash)
+        now = self._clock()
+        if entry is not None:
+            author_id, expires_at = entry
+            if now < expires_at:
+                return author_id
+            del self._entries[token_hash]
+        found = await author_for_hash(conn, token_hash)
+        if found is not None:
+            if len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]  # the oldest entry
+            # Expiry counts from before the lookup: never longer than ttl_s after the answer.
+            self._entries[token_hash] = (found, now + self.ttl_s)
+        return found
 
 
 async def create_author(conn: DbConnection, name: str) -> tuple[uuid.UUID, str]:

@@ -13,7 +13,7 @@ import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from publisher.auth import DbConnection, author_for_token, bearer_token
+from publisher.auth import DbConnection, TokenCache, bearer_token
 from publisher.kafka_status import KafkaStatus
 from publisher.metrics import PublisherMetrics
 from publisher.ratelimit import TokenBucketLimiter, retry_after_header
@@ -34,6 +34,7 @@ class Runtime:
     kafka: KafkaStatus
     relay: OutboxRelay | None
     write_limiter: TokenBucketLimiter | None
+    tokens: TokenCache
     relay_task: asyncio.Task[None] | None = None
     stopping: bool = False
 
@@ -77,11 +78,12 @@ bearer_scheme = HTTPBearer(auto_error=False, description="An API token of the au
 
 async def current_author(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    rt: RuntimeDep,
     conn: ConnectionDep,
 ) -> uuid.UUID:
     """The author identified by the bearer token: the only source of identity."""
     token = bearer_token(f"Bearer {credentials.credentials}") if credentials else None
-    author_id = await author_for_token(conn, token) if token else None
+    author_id = await rt.tokens.author_for_token(conn, token) if token else None
     if author_id is None:
         raise ProblemError(
             401,

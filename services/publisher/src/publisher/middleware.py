@@ -108,7 +108,7 @@ def _is_parsed_as_json(scope: Scope) -> bool:
     application/*+json (FastAPI's test), or no Content-Type at all (parsed as JSON unless
     FastAPI's strict content type is on; either way a non-UTF-8 body is refused)."""
     content_type = _header(scope, b"content-type")
-    if content_type is None:
+    if content_type is None or content_type == b"application/json":  # the usual case, no parse
         return True
     parsed = email.message.Message()
     parsed["content-type"] = content_type.decode("latin-1")

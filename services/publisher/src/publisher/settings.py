@@ -58,6 +58,11 @@ class PublisherSettings(KafkaClientSettings):
     # `rate_limit_burst`; 0 turns the limit off. Generous: it stops runaway clients, not load.
     rate_limit_per_s: float = Field(default=50.0, ge=0)
     rate_limit_burst: int = Field(default=100, ge=1)
+    # A valid token is trusted for this long without asking PostgreSQL again (one statement less
+    # per write), so a revoked token still works for up to this long on each replica; 0: every
+    # request looks its token up. Tokens kept: at most `token_cache_max_entries` per process.
+    token_cache_ttl_s: float = Field(default=5.0, ge=0, le=300)
+    token_cache_max_entries: int = Field(default=10_000, ge=1)
     # How long the answer to a write with an Idempotency-Key is kept for retries (24 h), and how
     # often expired keys are deleted.
     idempotency_key_ttl_s: float = Field(default=24 * 3600, gt=0)

@@ -1,0 +1,14 @@
+"""asyncpg pool settings shared by the services."""
+
+from __future__ import annotations
+
+import asyncpg
+
+
+async def keep_session(_conn: asyncpg.Connection) -> None:
+    """A pool's reset on release that does nothing (`create_pool(reset=keep_session)`).
+
+    asyncpg's default sends `RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); ...` at
+    every release: one more round trip per request or batch. Only for pools whose connections
+    never change session state (no SET, LISTEN, session advisory lock, temporary table or open
+    cursor); asyncpg still rolls back a transaction left open before calling this."""

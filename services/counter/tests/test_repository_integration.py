@@ -122,3 +122,48 @@ async def test_blog_created_by_another_transaction_meanwhile_rolls_back_the_batc
     retried = await repository.apply_changes(pool, {blog: change(blog, author, 1, True)})
     assert retried.changes == ()
     assert await repository.author_total(pool, author) == 1
+
+
+async def test_an_older_version_created_meanwhile_rolls_back_the_batch_too(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """The zombie creates version 1 while this batch brings version 2 of a blog it read as
+    absent: the upsert updates instead of inserting, and the author would be counted from a
+    wrong "before". The batch rolls back; its retry counts the blog once."""
+    author, blog = uuid.uuid4(), uuid.uuid4()
+    zombie = await asyncpg.connect(database_url)
+    try:
+        zombie_tx = zombie.transaction()
+        await zombie_tx.start()
+        await zombie.execute(
+            "INSERT INTO counter.blog_state (blog_id, author_id, version, live)"
+            " VALUES ($1, $2, 1, true)",
+            blog,
+            author,
+        )
+        await zombie.execute(
+            "INSERT INTO counter.author_stats (author_id, total_blogs) VALUES ($1, 1)", author
+        )
+        batch = asyncio.create_task(
+            repository.apply_changes(pool, {blog: change(blog, author, 2, True)})
+        )
+
+        async def batch_waits_on_zombie() -> bool:
+            waiting: int = await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return waiting > 0
+
+        await wait_until(batch_waits_on_zombie, timeout=10, what="batch blocked by the zombie")
+        await zombie_tx.commit()
+        with pytest.raises(repository.ConcurrentBlogWrite, match="1 created concurrently"):
+            await batch
+    finally:
+        await zombie.close()
+
+    retried = await repository.apply_changes(pool, {blog: change(blog, author, 2, True)})
+    assert len(retried.changes) == 1
+    assert await repository.author_total(pool, author) == 1
+    version = await pool.fetchval("SELECT version FROM counter.blog_state WHERE blog_id = $1", blog)
+    assert version == 2

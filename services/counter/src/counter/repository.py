@@ -37,22 +37,27 @@ FOR UPDATE
 """
 
 # The version guard in the WHERE makes the statement itself refuse stale versions, whatever the
-# caller computed. `xmax = 0` is true only for a row this statement inserted.
+# caller computed. `xmax = 0` is true only for a row this statement inserted. `written` and
+# `inserted` are counted in the database: one row back instead of one per blog (the caller only
+# compares counts, see apply_in_transaction).
 _UPSERT_BLOG_STATE = """
-INSERT INTO {blog_state} AS s (blog_id, author_id, version, live, applied_event_id,
-                                     updated_at)
-SELECT c.blog_id, c.author_id, c.version, c.live, c.event_id, now()
-FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::bool[], $5::uuid[])
-     AS c(blog_id, author_id, version, live, event_id)
-ORDER BY c.blog_id
-ON CONFLICT (blog_id) DO UPDATE
-SET author_id = EXCLUDED.author_id,
-    version = EXCLUDED.version,
-    live = EXCLUDED.live,
-    applied_event_id = EXCLUDED.applied_event_id,
-    updated_at = EXCLUDED.updated_at
-WHERE s.version < EXCLUDED.version
-RETURNING s.blog_id, (s.xmax = 0) AS inserted
+WITH written AS (
+    INSERT INTO {blog_state} AS s (blog_id, author_id, version, live, applied_event_id,
+                                   updated_at)
+    SELECT c.blog_id, c.author_id, c.version, c.live, c.event_id, now()
+    FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::bool[], $5::uuid[])
+         AS c(blog_id, author_id, version, live, event_id)
+    ORDER BY c.blog_id
+    ON CONFLICT (blog_id) DO UPDATE
+    SET author_id = EXCLUDED.author_id,
+        version = EXCLUDED.version,
+        live = EXCLUDED.live,
+        applied_event_id = EXCLUDED.applied_event_id,
+        updated_at = EXCLUDED.updated_at
+    WHERE s.version < EXCLUDED.version
+    RETURNING (s.xmax = 0) AS inserted
+)
+SELECT count(*) AS written, count(*) FILTER (WHERE inserted) AS inserted FROM written
 """
 
 # Two steps because a CHECK constraint is tested on the proposed INSERT row before ON CONFLICT
@@ -121,7 +126,7 @@ async def apply_in_transaction(
     plan = plan_batch(newest, stored)
     if not plan.changes:
         return plan
-    written = await connection.fetch(
+    counts = await connection.fetchrow(
         _sql(_UPSERT_BLOG_STATE, tables),
         [c.blog_id for c in plan.changes],
         [c.author_id for c in plan.changes],
@@ -129,12 +134,16 @@ async def apply_in_transaction(
         [c.live for c in plan.changes],
         [c.event_id for c in plan.changes],
     )
-    inserted = {row["blog_id"] for row in written if row["inserted"]}
-    expected_inserts = {c.blog_id for c in plan.changes if c.blog_id not in stored}
-    if len(written) != len(plan.changes) or inserted != expected_inserts:
+    assert counts is not None  # an aggregate always returns its row
+    # Every planned change must be written, and inserted exactly when its row was absent. The
+    # rows read above are locked, so a present row cannot be inserted: comparing the counts is
+    # comparing the sets (fewer inserts = a row created by another transaction meanwhile).
+    expected_inserts = sum(1 for c in plan.changes if c.blog_id not in stored)
+    written, inserted = counts["written"], counts["inserted"]
+    if written != len(plan.changes) or inserted != expected_inserts:
         raise ConcurrentBlogWrite(
-            f"{len(plan.changes) - len(written)} guarded, "
-            f"{len(expected_inserts - inserted)} created concurrently; retrying the batch"
+            f"{len(plan.changes) - written} guarded, "
+            f"{expected_inserts - inserted} created concurrently; retrying the batch"
         )
     if plan.author_deltas:
         authors = list(plan.author_deltas)

@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Generic
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from service_kit.consumer import (
     BatchConsumer,
@@ -187,3 +190,23 @@ async def consuming(
         yield background
     finally:
         await background.stop(stop_timeout_s)
+
+
+def install_liveness(
+    app: FastAPI, consumer_of: Callable[[Request], BackgroundConsumer[Any] | None]
+) -> None:
+    """GET /healthz for a consumer service: 503 `{"status": "dead", "consumer": why}` once the
+    consumer task died, else 200 (waiting for its topics or retrying an outage included: that is
+    /readyz's 503). `consumer_of(request)` is None before the lifespan built it, or when
+    consumption is off."""
+
+    @app.get(
+        "/healthz",
+        responses={503: {"description": "Not alive: the consumer task died (restart the process)"}},
+    )
+    async def healthz(request: Request) -> JSONResponse:
+        consumer = consumer_of(request)
+        died = consumer.died if consumer is not None else None
+        if died is not None:
+            return JSONResponse({"status": "dead", "consumer": died}, status_code=503)
+        return JSONResponse({"status": "ok"})

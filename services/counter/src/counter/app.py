@@ -22,7 +22,7 @@ from counter import repository
 from counter.counting import fold_newest_per_blog
 from counter.settings import Settings
 from service_kit import tracing
-from service_kit.background import BackgroundConsumer, consuming
+from service_kit.background import BackgroundConsumer, consuming, install_liveness
 from service_kit.consumer import (
     BatchHandler,
     ConsumedEvent,
@@ -177,18 +177,11 @@ def create_app(
         total = await repository.author_total(runtime_of(request).pool, author_id)
         return AuthorStats(author_id=author_id, total_blogs=total)
 
-    @app.get(
-        "/healthz",
-        responses={503: {"description": "Not alive: the consumer task died (restart the process)"}},
-    )
-    async def healthz(request: Request) -> JSONResponse:
-        """Alive = the consumer task still runs (waiting for its topics or retrying an outage
-        included: that is /readyz's 503). Once it died, nothing consumes in this process again."""
+    def consumer_of(request: Request) -> BackgroundConsumer[FastEnvelope] | None:
         runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-        died = runtime.consumer.died if runtime is not None and runtime.consumer else None
-        if died is not None:
-            return JSONResponse({"status": "dead", "consumer": died}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        return runtime.consumer if runtime is not None else None
+
+    install_liveness(app, consumer_of)
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:

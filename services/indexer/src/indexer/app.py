@@ -30,7 +30,7 @@ from indexer.search import (
 )
 from indexer.settings import IndexerSettings
 from service_kit import tracing
-from service_kit.background import BackgroundConsumer, consuming
+from service_kit.background import BackgroundConsumer, consuming, install_liveness
 from service_kit.consumer import BatchHandler, ConsumerMetrics, Decoder
 from service_kit.problems import (
     ProblemError,
@@ -157,18 +157,11 @@ def create_app(
         extra={TransportError: search_backend_unavailable, ApiError: search_backend_unavailable},
     )
 
-    @app.get(
-        "/healthz",
-        responses={503: {"description": "Not alive: the consumer task died (restart the process)"}},
-    )
-    async def healthz(request: Request) -> JSONResponse:
-        """Alive = the consumer task still runs (waiting for its topics or retrying an outage
-        included: that is /readyz's 503). Once it died, nothing consumes in this process again."""
+    def consumer_of(request: Request) -> BackgroundConsumer[FastEnvelope] | None:
         runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-        died = runtime.consumer.died if runtime is not None and runtime.consumer else None
-        if died is not None:
-            return JSONResponse({"status": "dead", "consumer": died}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        return runtime.consumer if runtime is not None else None
+
+    install_liveness(app, consumer_of)
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:

@@ -36,7 +36,7 @@ from counter.app import EVENT_DECODER, migrate
 from counter.counting import BlogChange, fold_newest_per_blog
 from counter.repository import LIVE_TABLES, DbConnection, Tables
 from counter.settings import Settings
-from service_kit.consumer import decode_records
+from service_kit.consumer import decode_in_slices
 from service_kit.consumer.records import Record
 from service_kit.replay import (
     LogReader,
@@ -141,8 +141,10 @@ class Prepared:
     next_offsets: Offsets
 
 
-def _prepare_batch(records: list[Record]) -> Prepared:
-    events, _undecodable = decode_records(records, EVENT_DECODER)
+async def _prepare_batch(records: list[Record]) -> Prepared:
+    # Decoded in slices with a yield between them (as the live consumer reads ahead): read
+    # ahead, one 2,000-record block would hold the event loop while the database has answered.
+    events, _undecodable = await decode_in_slices(records, EVENT_DECODER)
     next_offsets: Offsets = {}
     _advance(next_offsets, records)
     return Prepared(len(records), fold_newest_per_blog(e.envelope for e in events), next_offsets)
@@ -150,7 +152,7 @@ def _prepare_batch(records: list[Record]) -> Prepared:
 
 async def _prepared(reader: LogReader, until: Mapping[int, int]) -> AsyncIterator[Prepared]:
     async for records in reader.batches(until, max_records=BATCH):
-        yield _prepare_batch(records)
+        yield await _prepare_batch(records)
 
 
 async def _write(
@@ -208,11 +210,11 @@ class TableRebuild:
                 async with self.pool.acquire() as connection, connection.transaction():
                     await _write(connection, tables, which, positions, batch, totals=False)
                 done += batch.records
-                # The rebuild group's commit shows its progress to lagmon; the positions that
-                # matter (resume) were saved with the rows.
-                await reader.commit(positions)
                 if loop.time() - lag_checked > 2.0:
                     lag_checked = loop.time()
+                    # The rebuild group's commit shows its progress to lagmon (every 2 s, not
+                    # per batch: the positions that matter, to resume, were saved with the rows).
+                    await reader.commit(positions)
                     live_lag = await self.live_lag(until)
                 progress.total = remaining(start, until)
                 progress.show(

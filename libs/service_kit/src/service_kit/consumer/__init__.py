@@ -30,6 +30,7 @@ from service_kit.consumer.records import (
     BatchHandler,
     ConsumedEvent,
     Decoder,
+    decode_in_slices,
     decode_records,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "RejectedEvents",
     "RetryPolicy",
     "commit_offsets",
+    "decode_in_slices",
     "decode_records",
     "dlq_headers",
     "is_transient_by_default",

@@ -31,7 +31,7 @@ from service_kit.consumer import (
     transient_errors,
 )
 from service_kit.migrations import apply_migrations
-from service_kit.pools import keep_session
+from service_kit.pools import CONNECTION_LOST, keep_session
 from service_kit.problems import install_problem_handlers, problem_response, problem_responses
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -55,9 +55,7 @@ EVENT_DECODER = Decoder(decode_event_fast, (EventDecodeError,), log_fields=event
 # problem (a deployment to fix, not records to dead-letter). Retried without limit; anything else
 # (a value the schema refuses...) isolates the failing event.
 IS_TRANSIENT = transient_errors(
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,  # a connection the server just ended, before asyncpg saw it close
+    *CONNECTION_LOST,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.TransactionRollbackError,
@@ -80,9 +78,7 @@ BLOG_CHANGES_STALE = Counter(
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     OSError,
     TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
+    *CONNECTION_LOST,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
 )

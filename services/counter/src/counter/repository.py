@@ -10,7 +10,7 @@ from functools import cache
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from counter.counting import BatchPlan, BlogChange, StoredBlog, by_uuid, plan_batch
+from counter.counting import BatchPlan, BlogChange, StoredBlog, plan_batch
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,9 @@ LIVE_TABLES = Tables()
 
 DbConnection = asyncpg.Connection | PoolConnectionProxy
 
-# Sorted ids + FOR UPDATE: a blog's row cannot change under us until commit, and two batches
-# touching the same rows lock them in the same order (no deadlock).
+# ORDER BY + FOR UPDATE (rows are locked as the sort emits them): a blog's row cannot change
+# under us until commit, and two batches touching the same rows lock them in the same order (no
+# deadlock). The parameter's order does not matter.
 _LOCK_BLOG_STATE = """
 SELECT blog_id, author_id, version, live
 FROM {blog_state}
@@ -119,7 +120,7 @@ async def apply_in_transaction(
     tables: Tables = LIVE_TABLES,
 ) -> BatchPlan:
     """`apply_changes` inside the caller's transaction (a rebuild's swap)."""
-    rows = await connection.fetch(_sql(_LOCK_BLOG_STATE, tables), sorted(newest, key=by_uuid))
+    rows = await connection.fetch(_sql(_LOCK_BLOG_STATE, tables), list(newest))
     stored = {
         row["blog_id"]: StoredBlog(row["author_id"], row["version"], row["live"]) for row in rows
     }
@@ -159,7 +160,7 @@ async def upsert_blog_states(
 ) -> None:
     """Blog rows only, newer versions only; the caller recounts the totals before they are read
     (a rebuild's shadow tables, which nothing else writes)."""
-    ordered = [newest[blog_id] for blog_id in sorted(newest, key=by_uuid)]
+    ordered = list(newest.values())  # the statement sorts them
     await connection.execute(
         _sql(_UPSERT_BLOG_STATE, tables),
         [c.blog_id for c in ordered],

@@ -11,6 +11,7 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from service_kit.pools import CONNECTION_LOST
 from service_kit.problems import (
     install_problem_handlers,
     problem_response,
@@ -27,13 +28,11 @@ DB_RETRY_AFTER_S = 5
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     OSError,
     TimeoutError,
-    asyncpg.PostgresConnectionError,
+    *CONNECTION_LOST,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InternalClientError,  # a connection the server just ended, before asyncpg saw it close
 )
 # For health probes: any database failure means "not ready".
 DATABASE_ERRORS: tuple[type[Exception], ...] = (*DATABASE_UNAVAILABLE, asyncpg.PostgresError)

@@ -39,8 +39,12 @@ from typing import Any
 
 import asyncpg
 
+from service_kit.pools import CONNECTION_LOST
+
 log = logging.getLogger(__name__)
 
+# A statement failing with one of these: the session (and so the lock) is gone.
+_SESSION_GONE: tuple[type[Exception], ...] = (*CONNECTION_LOST, OSError)
 KEEPALIVE_IDLE_S = 5
 KEEPALIVE_INTERVAL_S = 2
 KEEPALIVE_COUNT = 3
@@ -176,14 +180,7 @@ class LockSession:
                 raise SessionLostError(self.lost_reason)
             try:
                 yield
-            except (
-                asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError,
-                # The server's FATAL (pg_terminate_backend, idle_session_timeout) read before the
-                # socket's close: the protocol is stuck consuming it and the connection is done.
-                asyncpg.InternalClientError,
-                OSError,
-            ) as exc:
+            except _SESSION_GONE as exc:
                 self._lose(f"{type(exc).__name__}: {exc}")
                 raise SessionLostError(self.lost_reason) from exc
             except TimeoutError as exc:

@@ -108,6 +108,32 @@ async def test_batch_is_handled_then_committed(
     assert [e.envelope.key.encode() for e in handled] == [key for key, _ in sent]
 
 
+async def test_stop_right_after_a_batch_waits_for_its_commit(
+    stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
+) -> None:
+    """A batch's commit is answered while the next batch is handled; stop() (like a revoke)
+    waits for the commit in flight, so the next owner does not get the batch again."""
+    config = config_for(stack, topic)
+    handled = asyncio.Event()
+    seen: list[int] = []
+
+    async def handler(events: Sequence[ConsumedEvent[Envelope]]) -> None:
+        seen.extend(e.offset for e in events)
+        if len(seen) == 4:
+            handled.set()
+
+    for _ in range(4):
+        key, value = published_event()
+        await producer.send_and_wait(topic, value=value, key=key, partition=3)
+    consumer = BatchConsumer(
+        config, handler, ConsumerMetrics(CollectorRegistry()), decoder=BLOG_DECODER
+    )
+    async with running_batch_consumer(consumer):
+        await asyncio.wait_for(handled.wait(), timeout=30)
+        # Stop at once: the commit was only just sent (or not yet answered).
+    assert await committed(admin, config.group_id) == {3: 4}
+
+
 async def test_failing_handler_gets_the_batch_again_and_only_then_commits(
     stack: Stack, topic: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
 ) -> None:

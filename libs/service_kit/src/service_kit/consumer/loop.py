@@ -7,10 +7,12 @@ takes, so a revoked partition is never committed by two owners nor skipped. `sto
 batch in hand finish and commit (it only cuts a retry backoff short), then leaves the group.
 
 While the handler of batch N runs (waiting on its database), the next batch is polled and decoded
-(at most one batch ahead), so the loop does not idle on I/O; handler calls and commits stay
-strictly sequential and in order. A batch read ahead is dropped (not handled, not committed) if
-a rebalance happened since its poll or the consumer is stopping: its records are delivered again
-from the last commit.
+(at most one batch ahead), and batch N-1's offsets are being committed, so the loop does not idle
+on I/O; handler calls stay strictly sequential, and so do commits (each starts once the one before
+it is answered, and only after its own batch's effect is durable). A batch read ahead is dropped
+(not handled, not committed) if a rebalance happened since its poll or the consumer is stopping:
+its records are delivered again from the last commit. A revoke and `stop()` wait for the commit in
+flight, so the next owner starts from it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Generic
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from service_kit import tracing
 from service_kit.consumer.config import ConsumerConfig
@@ -84,6 +87,8 @@ class BatchConsumer(Generic[E]):
         self._revoke_pending = False
         # Bumped at every revoke: a batch read ahead in an older generation is stale.
         self._generation = 0
+        # The last batch's commit, answered while the next batch is handled (one at a time).
+        self._commit_in_flight: asyncio.Task[None] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -164,6 +169,7 @@ class BatchConsumer(Generic[E]):
                     pass
                 except Exception as exc:
                     log.warning("group %s: poll ahead failed: %r", self.config.group_id, exc)
+            await self._commit_answered()
             await self._close()
 
     async def stop(self) -> None:
@@ -212,6 +218,7 @@ class BatchConsumer(Generic[E]):
         self._generation += 1
         try:
             async with self._batch_lock:
+                await self._commit_answered()  # the next owner starts from this commit
                 log.info("group %s revoked %s", self.config.group_id, describe_partitions(revoked))
         finally:
             self._revoke_pending = False
@@ -294,16 +301,45 @@ class BatchConsumer(Generic[E]):
             )
             if not offsets:
                 return
+        # Commits stay in order: this one is sent once the previous one is answered. It is then
+        # answered while the next batch is handled; a revoke or stop() waits for it.
+        await self._commit_answered()
+        self._commit_in_flight = asyncio.create_task(
+            self._commit(offsets, started if settlement.completed else None),
+            name=f"{group}-commit",
+        )
+
+    async def _commit(
+        self, offsets: Mapping[TopicPartition, OffsetAndMetadata], started: float | None
+    ) -> None:
+        assert self._consumer is not None
+        group = self.config.group_id
         try:
-            await self._consumer.commit(offsets)
+            await self._consumer.commit(dict(offsets))
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # The group moved on (rebalance): the new owner re-reads from the last commit and
             # the idempotent handler turns the redelivery into a no-op.
             log.warning("group %s: commit failed, batch will be redelivered: %s", group, exc)
-        if settlement.completed:
+            return
+        if started is not None:
             self._metrics.batch_duration_seconds.labels(group=group).observe(
                 time.monotonic() - started
             )
+
+    async def _commit_answered(self) -> None:
+        """Wait until the commit in flight (if any) is answered; it never raises."""
+        task, self._commit_in_flight = self._commit_in_flight, None
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                # Our waiter was cancelled, not the commit: keep it for whoever waits next.
+                self._commit_in_flight = task
+            raise
+        except Exception as exc:  # _commit logs Kafka's errors; anything else is logged here
+            log.warning("group %s: commit failed: %r", self.config.group_id, exc)
 
     async def _interrupted(self, delay: float) -> bool:
         """Sleep `delay` unless stop() or a revoke comes first; True when interrupted."""

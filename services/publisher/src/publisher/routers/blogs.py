@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from publisher import idempotency
-from publisher.dependencies import ConnectionDep, RuntimeDep, WriterDep
+from publisher.dependencies import RuntimeDep, Writer, WriterDep
 from publisher.errors import WRITE_ERRORS, InvalidCursorError, error_responses
 from publisher.idempotency import IdempotentRequest, StoredAnswer
 from publisher.models import BlogDraft, BlogOut, BlogPage, WriteAccepted
@@ -88,31 +88,34 @@ def as_response(answer: StoredAnswer, *, replayed: bool = False) -> Response:
 
 async def answer_write(
     request: Request,
-    rt: RuntimeDep,
-    conn: ConnectionDep,
-    author_id: uuid.UUID,
+    who: Writer,
     key_header: str | None,
     if_match: str | None,
-    body: bytes,
+    body: Callable[[], bytes],
     write: Callable[[], Awaitable[Blog]],
 ) -> Response:
     """Do the write, once per Idempotency-Key: the key, the write and its answer in one
-    transaction (see `publisher.idempotency`)."""
+    transaction (see `publisher.idempotency`). `body` (what the key's fingerprint covers) is
+    only encoded when there is a key."""
     key = idempotency.parse_key(key_header)
     if key is None:
         return as_response(accepted(await write()))
     claimed = IdempotentRequest(
-        author_id,
+        who.author_id,
         key,
-        idempotency.request_fingerprint(request.method, request.url.path, if_match, body),
+        idempotency.request_fingerprint(request.method, request.url.path, if_match, body()),
     )
-    async with conn.transaction():
-        stored = await idempotency.claim(conn, claimed)
+    async with who.conn.transaction():
+        stored = await idempotency.claim(who.conn, claimed)
         if stored is not None:
             return as_response(stored, replayed=True)
         answer = accepted(await write())
-        await idempotency.remember(conn, claimed, answer, rt.settings.idempotency_key_ttl_s)
+        await idempotency.remember(who.conn, claimed, answer, who.rt.settings.idempotency_key_ttl_s)
     return as_response(answer)
+
+
+def draft_body(draft: BlogDraft) -> Callable[[], bytes]:
+    return lambda: draft.model_dump_json().encode()
 
 
 WRITE_DOC = {
@@ -129,20 +132,16 @@ WRITE_DOC = {
 async def publish_blog(
     request: Request,
     draft: BlogDraft,
-    author_id: WriterDep,
-    rt: RuntimeDep,
-    conn: ConnectionDep,
+    who: WriterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     return await answer_write(
         request,
-        rt,
-        conn,
-        author_id,
+        who,
         idempotency_key,
         None,
-        draft.model_dump_json().encode(),
-        lambda: rt.store.create(conn, author_id, draft),
+        draft_body(draft),
+        lambda: who.rt.store.create(who.conn, who.author_id, draft),
     )
 
 
@@ -158,22 +157,18 @@ async def replace_blog(
     request: Request,
     blog_id: uuid.UUID,
     draft: BlogDraft,
-    author_id: WriterDep,
-    rt: RuntimeDep,
-    conn: ConnectionDep,
+    who: WriterDep,
     idempotency_key: IdempotencyKey = None,
     if_match: IfMatch = None,
 ) -> Response:
     condition = parse_if_match(if_match)
     return await answer_write(
         request,
-        rt,
-        conn,
-        author_id,
+        who,
         idempotency_key,
         if_match,
-        draft.model_dump_json().encode(),
-        lambda: rt.store.replace(conn, blog_id, author_id, draft, condition),
+        draft_body(draft),
+        lambda: who.rt.store.replace(who.conn, blog_id, who.author_id, draft, condition),
     )
 
 
@@ -188,22 +183,18 @@ async def replace_blog(
 async def delete_blog(
     request: Request,
     blog_id: uuid.UUID,
-    author_id: WriterDep,
-    rt: RuntimeDep,
-    conn: ConnectionDep,
+    who: WriterDep,
     idempotency_key: IdempotencyKey = None,
     if_match: IfMatch = None,
 ) -> Response:
     condition = parse_if_match(if_match)
     return await answer_write(
         request,
-        rt,
-        conn,
-        author_id,
+        who,
         idempotency_key,
         if_match,
-        b"",
-        lambda: rt.store.delete(conn, blog_id, author_id, condition),
+        lambda: b"",
+        lambda: who.rt.store.delete(who.conn, blog_id, who.author_id, condition),
     )
 
 

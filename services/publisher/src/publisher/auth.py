@@ -13,6 +13,8 @@ from asyncpg.pool import PoolConnectionProxy
 
 # A plain connection or one borrowed from a pool: both run the same queries.
 DbConnection = asyncpg.Connection | PoolConnectionProxy
+# Where a lookup can run: a connection, or the pool (which lends one for the statement).
+Queryable = DbConnection | asyncpg.Pool
 
 TOKEN_BYTES = 32
 # Real tokens are 43 characters; anything far longer is not one and is not even looked up.
@@ -39,11 +41,11 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-async def author_for_token(conn: DbConnection, token: str) -> uuid.UUID | None:
+async def author_for_token(conn: Queryable, token: str) -> uuid.UUID | None:
     return await author_for_hash(conn, hash_token(token))
 
 
-async def author_for_hash(conn: DbConnection, token_hash: bytes) -> uuid.UUID | None:
+async def author_for_hash(conn: Queryable, token_hash: bytes) -> uuid.UUID | None:
     author_id: uuid.UUID | None = await conn.fetchval(
         "SELECT author_id FROM publisher.api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
         token_hash,
@@ -72,7 +74,7 @@ class TokenCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def author_for_token(self, conn: DbConnection, token: str) -> uuid.UUID | None:
+    async def author_for_token(self, conn: Queryable, token: str) -> uuid.UUID | None:
         if self.ttl_s <= 0:
             return await author_for_token(conn, token)
         token_hash = hash_token(token)

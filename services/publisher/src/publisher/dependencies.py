@@ -1,11 +1,10 @@
 """What the routes depend on (FastAPI `Annotated` dependencies): the runtime the lifespan built,
-and for a write the authenticated, rate-limited author with one pool connection (`Writer`)."""
+and for a write the authenticated, rate-limited author (`Writer`)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -13,7 +12,7 @@ import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from publisher.auth import DbConnection, TokenCache, bearer_token
+from publisher.auth import TokenCache, bearer_token
 from publisher.kafka_status import KafkaStatus
 from publisher.metrics import PublisherMetrics
 from publisher.ratelimit import TokenBucketLimiter, retry_after_header
@@ -66,38 +65,36 @@ bearer_scheme = HTTPBearer(auto_error=False, description="An API token of the au
 
 @dataclass(frozen=True, slots=True)
 class Writer:
-    """Who writes, and with what: the author the bearer token names (the only source of
-    identity), within their write rate, and the one pool connection the request uses for the
-    token lookup and the write (so it waits for the pool once)."""
+    """Who writes: the author the bearer token names (the only source of identity), within
+    their write rate."""
 
     rt: Runtime
-    conn: DbConnection
     author_id: uuid.UUID
 
 
 async def writer(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> AsyncIterator[Writer]:
-    """One dependency for every write route (each dependency FastAPI solves costs CPU on every
-    request: this was four). 401 without a valid token, then 429 over the write rate."""
+) -> Writer:
+    """One plain dependency for every write route: each dependency FastAPI solves costs CPU on
+    every request (this was four, one of them a generator holding the pool connection). 401
+    without a valid token, then 429 over the write rate. The token lookup, when the token cache
+    misses, borrows a pool connection for its one statement; the route takes its own for the
+    write, after this one is back."""
     rt: Runtime = request.app.state.runtime
-    async with rt.store.connection() as conn:
-        token = bearer_token(f"Bearer {credentials.credentials}") if credentials else None
-        author_id = await rt.tokens.author_for_token(conn, token) if token else None
-        if author_id is None:
-            raise ProblemError(
-                401,
-                "missing, invalid or revoked bearer token",
-                headers={"WWW-Authenticate": 'Bearer realm="publisher"'},
-            )
-        check_write_rate(rt, author_id)
-        yield Writer(rt, conn, author_id)
+    token = bearer_token(f"Bearer {credentials.credentials}") if credentials else None
+    author_id = await rt.tokens.author_for_token(rt.pool, token) if token else None
+    if author_id is None:
+        raise ProblemError(
+            401,
+            "missing, invalid or revoked bearer token",
+            headers={"WWW-Authenticate": 'Bearer realm="publisher"'},
+        )
+    check_write_rate(rt, author_id)
+    return Writer(rt, author_id)
 
 
-# scope="function": the connection returns to the pool when the route returns, not after the
-# response has been sent.
-WriterDep = Annotated[Writer, Depends(writer, scope="function")]
+WriterDep = Annotated[Writer, Depends(writer)]
 
 
 def check_write_rate(rt: Runtime, author_id: uuid.UUID) -> None:

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from publisher import idempotency
+from publisher.auth import DbConnection
 from publisher.dependencies import RuntimeDep, Writer, WriterDep
 from publisher.errors import WRITE_ERRORS, InvalidCursorError, error_responses
 from publisher.idempotency import IdempotentRequest, StoredAnswer
@@ -92,25 +93,28 @@ async def answer_write(
     key_header: str | None,
     if_match: str | None,
     body: Callable[[], bytes],
-    write: Callable[[], Awaitable[Blog]],
+    write: Callable[[DbConnection], Awaitable[Blog]],
 ) -> Response:
-    """Do the write, once per Idempotency-Key: the key, the write and its answer in one
-    transaction (see `publisher.idempotency`). `body` (what the key's fingerprint covers) is
-    only encoded when there is a key."""
+    """Do the write on one pool connection, once per Idempotency-Key: the key, the write and its
+    answer in one transaction (see `publisher.idempotency`). `body` (what the key's fingerprint
+    covers) is only encoded when there is a key. The connection is back in the pool before the
+    response is sent."""
     key = idempotency.parse_key(key_header)
     if key is None:
-        return as_response(accepted(await write()))
+        async with who.rt.store.connection() as conn:
+            blog = await write(conn)
+        return as_response(accepted(blog))
     claimed = IdempotentRequest(
         who.author_id,
         key,
         idempotency.request_fingerprint(request.method, request.url.path, if_match, body()),
     )
-    async with who.conn.transaction():
-        stored = await idempotency.claim(who.conn, claimed)
+    async with who.rt.store.connection() as conn, conn.transaction():
+        stored = await idempotency.claim(conn, claimed)
         if stored is not None:
             return as_response(stored, replayed=True)
-        answer = accepted(await write())
-        await idempotency.remember(who.conn, claimed, answer, who.rt.settings.idempotency_key_ttl_s)
+        answer = accepted(await write(conn))
+        await idempotency.remember(conn, claimed, answer, who.rt.settings.idempotency_key_ttl_s)
     return as_response(answer)
 
 
@@ -141,7 +145,7 @@ async def publish_blog(
         idempotency_key,
         None,
         draft_body(draft),
-        lambda: who.rt.store.create(who.conn, who.author_id, draft),
+        lambda conn: who.rt.store.create(conn, who.author_id, draft),
     )
 
 
@@ -168,7 +172,7 @@ async def replace_blog(
         idempotency_key,
         if_match,
         draft_body(draft),
-        lambda: who.rt.store.replace(who.conn, blog_id, who.author_id, draft, condition),
+        lambda conn: who.rt.store.replace(conn, blog_id, who.author_id, draft, condition),
     )
 
 
@@ -194,7 +198,7 @@ async def delete_blog(
         idempotency_key,
         if_match,
         lambda: b"",
-        lambda: who.rt.store.delete(who.conn, blog_id, who.author_id, condition),
+        lambda conn: who.rt.store.delete(conn, blog_id, who.author_id, condition),
     )
 
 

@@ -70,15 +70,25 @@ async def drain_service(
 
 
 async def drain_bare(
-    ws: Workspace, ends: dict[int, int], *, max_batch: int, decode: bool, timeout_s: float
+    ws: Workspace,
+    ends: dict[int, int],
+    *,
+    max_batch: int,
+    decode: bool,
+    timeout_s: float,
+    overlap_commits: bool = False,
 ) -> dict[str, Any]:
     group = f"bare-{short_id()}-{ws.prefix}"
+    flags = [
+        *(["--decode"] if decode else []),
+        *(["--overlap-commits"] if overlap_commits else []),
+    ]
     return await _drain_module(
         ws,
         ends,
         group,
         "bench.bare_consumer",
-        ["--max-batch", str(max_batch), *(["--decode"] if decode else [])],
+        ["--max-batch", str(max_batch), *flags],
         timeout_s=timeout_s,
     )
 

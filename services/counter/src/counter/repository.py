@@ -38,8 +38,11 @@ FOR UPDATE
 """
 
 # The version guard in the WHERE makes the statement itself refuse stale versions, whatever the
-# caller computed. `xmax = 0` is true only for a row this statement inserted.
-_WRITE_BLOG_STATE = """
+# caller computed. `xmax = 0` is true only for a row this statement inserted. `written` and
+# `inserted` are counted in the database: one row back instead of one per blog (the caller only
+# compares counts, see apply_in_transaction).
+_UPSERT_BLOG_STATE = """
+WITH written AS (
     INSERT INTO {blog_state} AS s (blog_id, author_id, version, live, applied_event_id,
                                    updated_at)
     SELECT c.blog_id, c.author_id, c.version, c.live, c.event_id, now()
@@ -54,34 +57,20 @@ _WRITE_BLOG_STATE = """
         updated_at = EXCLUDED.updated_at
     WHERE s.version < EXCLUDED.version
     RETURNING (s.xmax = 0) AS inserted
-"""
-
-# `written` and `inserted` are counted in the database: one row back instead of one per blog
-# (the caller only compares counts, see apply_in_transaction).
-_COUNT_WRITTEN = """
+)
 SELECT count(*) AS written, count(*) FILTER (WHERE inserted) AS inserted FROM written
 """
 
-# A rebuild's catch-up: the blog rows alone.
-_UPSERT_BLOG_STATE = "WITH written AS (" + _WRITE_BLOG_STATE + ")" + _COUNT_WRITTEN
-
-# The live path: the blog rows, and in the same statement (one round trip less per batch) every
-# author row the batch moves made sure to exist and locked, sorted so concurrent batches (other
-# partitions, same author) lock them in one order. Two steps for the totals because a CHECK
-# constraint is tested on the proposed INSERT row before ON CONFLICT applies, so a negative delta
-# cannot ride in an upsert: the rows are made to exist (and locked) here...
-_UPSERT_BLOG_STATE_AND_LOCK_AUTHORS = (
-    "WITH written AS ("
-    + _WRITE_BLOG_STATE
-    + """), authors AS (
-    INSERT INTO {author_stats} AS a (author_id, total_blogs)
-    SELECT author_id, 0
-    FROM unnest($6::uuid[]) AS author_id
-    ORDER BY author_id
-    ON CONFLICT (author_id) DO UPDATE SET total_blogs = a.total_blogs
-)"""
-    + _COUNT_WRITTEN
-)
+# Two steps because a CHECK constraint is tested on the proposed INSERT row before ON CONFLICT
+# applies, so a negative delta cannot ride in an upsert. First make sure every author row exists
+# and lock it, sorted so concurrent batches (other partitions, same author) lock in one order...
+_LOCK_AUTHOR_ROWS = """
+INSERT INTO {author_stats} AS a (author_id, total_blogs)
+SELECT author_id, 0
+FROM unnest($1::uuid[]) AS author_id
+ORDER BY author_id
+ON CONFLICT (author_id) DO UPDATE SET total_blogs = a.total_blogs
+"""
 
 # ...then add the deltas to rows this transaction already holds.
 _ADD_TO_AUTHOR_TOTALS = """
@@ -138,15 +127,13 @@ async def apply_in_transaction(
     plan = plan_batch(newest, stored)
     if not plan.changes:
         return plan
-    authors = list(plan.author_deltas)
     counts = await connection.fetchrow(
-        _sql(_UPSERT_BLOG_STATE_AND_LOCK_AUTHORS, tables),
+        _sql(_UPSERT_BLOG_STATE, tables),
         [c.blog_id for c in plan.changes],
         [c.author_id for c in plan.changes],
         [c.version for c in plan.changes],
         [c.live for c in plan.changes],
         [c.event_id for c in plan.changes],
-        authors,
     )
     assert counts is not None  # an aggregate always returns its row
     # Every planned change must be written, and inserted exactly when its row was absent. The
@@ -159,7 +146,9 @@ async def apply_in_transaction(
             f"{len(plan.changes) - written} guarded, "
             f"{expected_inserts - inserted} created concurrently; retrying the batch"
         )
-    if authors:
+    if plan.author_deltas:
+        authors = list(plan.author_deltas)
+        await connection.execute(_sql(_LOCK_AUTHOR_ROWS, tables), authors)
         await connection.execute(
             _sql(_ADD_TO_AUTHOR_TOTALS, tables), authors, list(plan.author_deltas.values())
         )

@@ -51,9 +51,6 @@ from service_kit.logs import bind_log_fields
 
 log = logging.getLogger(__name__)
 
-# Records taken from aiokafka per call when polling (see `_poll`).
-POLL_SLICE = 100
-
 
 class BatchConsumer(Generic[E]):
     def __init__(
@@ -187,26 +184,13 @@ class BatchConsumer(Generic[E]):
 
     async def _poll(self) -> PolledBatch[E] | None:
         assert self._consumer is not None
-        consumer, max_batch = self._consumer, self.config.max_batch
-        batches = await consumer.getmany(
-            timeout_ms=self.config.poll_timeout_ms, max_records=min(max_batch, POLL_SLICE)
+        batches = await self._consumer.getmany(
+            timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
         )
-        # A revoke from here on makes the batch stale (dropped, delivered again).
         generation = self._generation
         records = [record for partition in batches.values() for record in partition]
         if not records:
             return None
-        # The rest of the batch from what aiokafka already fetched, a slice at a time: it parses
-        # the records it returns in one block, and while reading ahead that block would hold the
-        # reply the batch in hand is waiting for.
-        while len(records) < max_batch:
-            await asyncio.sleep(0)
-            more = await consumer.getmany(
-                timeout_ms=0, max_records=min(max_batch - len(records), POLL_SLICE)
-            )
-            if not more:
-                break
-            records.extend(record for partition in more.values() for record in partition)
         events, undecodable = await decode_in_slices(records, self._decoder)
         return PolledBatch(generation, time.monotonic(), records, events, undecodable)
 

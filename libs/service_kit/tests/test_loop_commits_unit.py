@@ -1,6 +1,6 @@
-"""The loop with a scripted Kafka consumer: batch N's commit is answered while batch N+1 is
-handled (commits answer only when the test says so), commits are sent one at a time in order,
-stop() or a revoke waits for the commit in flight; a batch is taken from aiokafka in slices."""
+"""The loop's commit ordering, with a scripted Kafka consumer whose commits answer only when the
+test says so: batch N's commit is answered while batch N+1 is handled, commits are sent one at a
+time in order, and stop() or a revoke waits for the commit in flight."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry
 from blog_testkit import BLOG_DECODER, BlogHistory, as_record, wait_until
 from service_kit.consumer import BatchConsumer, ConsumedEvent, ConsumerConfig, ConsumerMetrics
 from service_kit.consumer import loop as loop_module
-from service_kit.consumer.loop import POLL_SLICE
 
 TOPIC = "blogs"
 TP = TopicPartition(TOPIC, 0)
@@ -32,8 +31,6 @@ class ScriptedConsumer:
 
     def __init__(self, batches: int) -> None:
         self.batches = [[record(offset)] for offset in range(batches)]
-        self.fetched: list[ConsumerRecord[bytes, bytes]] = []  # already fetched, for timeout 0
-        self.asked: list[int] = []  # max_records of every getmany
         self.sent: list[int] = []  # committed offsets, in the order the commits were sent
         self.answered: list[int] = []
         self.in_flight = 0
@@ -56,12 +53,7 @@ class ScriptedConsumer:
     async def getmany(
         self, timeout_ms: int, max_records: int
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
-        self.asked.append(max_records)
-        if self.fetched:
-            taken, self.fetched = self.fetched[:max_records], self.fetched[max_records:]
-            return {TP: taken}
-        # timeout 0: the loop asks for more of what was already fetched.
-        if self.batches and timeout_ms > 0:
+        if self.batches:
             return {TP: self.batches.pop(0)}
         await asyncio.sleep(timeout_ms / 1000)
         return {}
@@ -171,29 +163,5 @@ async def test_a_revoke_waits_for_the_commit_in_flight(kafka: ScriptedConsumer) 
     kafka.answer()
     await asyncio.wait_for(revoking, 5)
     assert kafka.answered == [1]
-    await consumer.stop()
-    await run
-
-
-async def test_a_batch_is_taken_from_what_aiokafka_fetched_in_slices(
-    kafka: ScriptedConsumer,
-) -> None:
-    kafka.batches = []
-    kafka.fetched = [record(offset) for offset in range(2 * POLL_SLICE + 50)]
-    handled: list[list[int]] = []
-
-    async def handler(events: Sequence[ConsumedEvent[Any]]) -> None:
-        handled.append([e.offset for e in events])
-
-    consumer = consumer_with(handler)
-    run = asyncio.create_task(consumer.run())
-    await until(lambda: len(kafka.sent) == 1, "the batch handled and its commit sent")
-    # One batch of everything fetched (max_batch 500), asked for a slice at a time.
-    assert handled == [list(range(2 * POLL_SLICE + 50))]
-    # 100 + 100 + 50, then one more ask finds nothing left and the batch is complete.
-    assert kafka.asked[:4] == [POLL_SLICE] * 4
-    assert max(kafka.asked) == POLL_SLICE
-    assert kafka.sent == [2 * POLL_SLICE + 50]
-    kafka.answer()
     await consumer.stop()
     await run

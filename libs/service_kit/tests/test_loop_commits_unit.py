@@ -130,7 +130,10 @@ async def test_a_commit_is_answered_while_the_next_batch_is_handled_and_commits_
     await run
 
 
-async def test_stop_waits_for_the_commit_in_flight(kafka: ScriptedConsumer) -> None:
+async def one_commit_in_flight(
+    kafka: ScriptedConsumer,
+) -> tuple[BatchConsumer[Any], asyncio.Task[None]]:
+    """A running consumer that handled one batch and whose commit is sent, not yet answered."""
     kafka.batches = kafka.batches[:1]
 
     async def handler(events: Sequence[ConsumedEvent[Any]]) -> None:
@@ -139,6 +142,11 @@ async def test_stop_waits_for_the_commit_in_flight(kafka: ScriptedConsumer) -> N
     consumer = consumer_with(handler)
     run = asyncio.create_task(consumer.run())
     await until(lambda: kafka.sent == [1], "commit sent")
+    return consumer, run
+
+
+async def test_stop_waits_for_the_commit_in_flight(kafka: ScriptedConsumer) -> None:
+    consumer, run = await one_commit_in_flight(kafka)
     stopping = asyncio.create_task(consumer.stop())
     await asyncio.sleep(0.05)
     assert not stopping.done(), "stop() returned with the batch's commit unanswered"
@@ -149,14 +157,7 @@ async def test_stop_waits_for_the_commit_in_flight(kafka: ScriptedConsumer) -> N
 
 
 async def test_a_revoke_waits_for_the_commit_in_flight(kafka: ScriptedConsumer) -> None:
-    kafka.batches = kafka.batches[:1]
-
-    async def handler(events: Sequence[ConsumedEvent[Any]]) -> None:
-        pass
-
-    consumer = consumer_with(handler)
-    run = asyncio.create_task(consumer.run())
-    await until(lambda: kafka.sent == [1], "commit sent")
+    consumer, run = await one_commit_in_flight(kafka)
     revoking = asyncio.create_task(kafka.listener.on_partitions_revoked({TP}))
     await asyncio.sleep(0.05)
     assert not revoking.done(), "the partition was given up with its commit unanswered"

@@ -81,7 +81,7 @@ async def writer(
     without a valid token, then 429 over the write rate. The token lookup, when the token cache
     misses, borrows a pool connection for its one statement; the route takes its own for the
     write, after this one is back."""
-    rt: Runtime = request.app.state.runtime
+    rt = await runtime(request)  # called, not declared: one dependency less to solve
     token = bearer_token(f"Bearer {credentials.credentials}") if credentials else None
     author_id = await rt.tokens.author_for_token(rt.pool, token) if token else None
     if author_id is None:

@@ -310,12 +310,12 @@ class BatchConsumer(Generic[E]):
         )
 
     async def _commit(
-        self, offsets: Mapping[TopicPartition, OffsetAndMetadata], started: float | None
+        self, offsets: dict[TopicPartition, OffsetAndMetadata], started: float | None
     ) -> None:
         assert self._consumer is not None
         group = self.config.group_id
         try:
-            await self._consumer.commit(dict(offsets))
+            await self._consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # The group moved on (rebalance): the new owner re-reads from the last commit and
             # the idempotent handler turns the redelivery into a no-op.

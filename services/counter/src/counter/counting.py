@@ -32,7 +32,9 @@ class EventView(Protocol):
     def payload(self) -> PayloadView: ...
 
 
-@dataclass(frozen=True)
+# Not frozen (treat it as read-only): one is built per event, and a frozen dataclass's __init__
+# (object.__setattr__ per field) cost ~0.4 us more each.
+@dataclass(slots=True)
 class BlogChange:
     """A blog's state after one event: the newest one of its blog in the batch."""
 
@@ -77,12 +79,13 @@ def is_live(payload: PayloadView) -> bool:
 
 def change_of(envelope: EventView) -> BlogChange:
     payload = envelope.payload
+    # Positional: keywords cost ~0.15 us more per event.
     return BlogChange(
-        blog_id=payload.blog_id,
-        author_id=payload.author_id,
-        version=payload.version,
-        live=is_live(payload),
-        event_id=envelope.event_id,
+        payload.blog_id,
+        payload.author_id,
+        payload.version,
+        is_live(payload),
+        envelope.event_id,
     )
 
 

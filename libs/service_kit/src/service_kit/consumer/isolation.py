@@ -56,10 +56,19 @@ class Settlement(Generic[E]):
     """What became of a batch."""
 
     completed: bool = True  # False: a stop or revoke came first; `settled` says how far it got
-    settled: set[Position] = field(default_factory=set)
     dead_lettered: list[tuple[Position, str]] = field(default_factory=list)
     applied: int = 0  # events whose effect the handler made durable
     isolation_s: float | None = None  # how long isolating held the batch back (None: no poison)
+    # The applied events as the handler got them: their positions are only read when a batch
+    # is abandoned (`settled`), so none is built per event on the way.
+    applied_segments: list[Sequence[ConsumedEvent[E]]] = field(default_factory=list)
+
+    @property
+    def settled(self) -> set[Position]:
+        """The positions applied or dead-lettered."""
+        positions = {position_of(e) for segment in self.applied_segments for e in segment}
+        positions.update(position for position, _ in self.dead_lettered)
+        return positions
 
 
 class Interrupted(Exception):
@@ -308,14 +317,13 @@ class BatchSettler(Generic[E]):
                 if await self._pause(delay):
                     raise Interrupted from None
         self.failing = False
-        settlement.settled.add(position)
         settlement.dead_lettered.append((position, reason))
         self._metrics.events_dead_lettered.labels(group=self._group).inc()
 
     def _applied(self, events: Sequence[ConsumedEvent[E]], settlement: Settlement[E]) -> None:
         if not events:
             return
-        settlement.settled.update(position_of(e) for e in events)
+        settlement.applied_segments.append(events)
         settlement.applied += len(events)
         self._dead_letter_streak = 0
 

@@ -192,7 +192,9 @@ class BatchConsumer(Generic[E]):
         if not records:
             return None
         events, undecodable = await decode_in_slices(records, self._decoder)
-        return PolledBatch(generation, time.monotonic(), records, events, undecodable)
+        return PolledBatch(
+            generation, time.monotonic(), frozenset(batches), records, events, undecodable
+        )
 
     async def _close(self) -> None:
         if self._closing:
@@ -237,7 +239,11 @@ class BatchConsumer(Generic[E]):
         def is_owned(record: Record) -> bool:
             return TopicPartition(record.topic, record.partition) in owned
 
-        records = [r for r in polled.records if is_owned(r)]
+        # Usually every partition read is still owned: then no record is looked at.
+        if polled.partitions <= owned:
+            records = polled.records
+        else:
+            records = [r for r in polled.records if is_owned(r)]
         if not records:
             return
         self._metrics.batch_size.labels(group=group).observe(len(records))
@@ -247,15 +253,21 @@ class BatchConsumer(Generic[E]):
             events = [e for e in polled.events if TopicPartition(e.topic, e.partition) in owned]
             undecodable = [(r, why) for r, why in polled.undecodable if is_owned(r)]
 
-        by_position: dict[Position, Record] = {(r.topic, r.partition, r.offset): r for r in records}
+        by_position: dict[Position, Record] = {}
+
+        def record_at(position: Position) -> Record:
+            # Built on the first call only: the per-record paths (isolation, DLQ) are rare.
+            if not by_position:
+                by_position.update(((r.topic, r.partition, r.offset), r) for r in records)
+            return by_position[position]
 
         async def dead_letter(position: Position, reason: str) -> None:
             assert self._dead_letters is not None
-            await self._dead_letters.write(by_position[position], reason)
+            await self._dead_letters.write(record_at(position), reason)
 
         def describe(position: Position) -> Mapping[str, Any]:
             """The log fields of one record (the per-record paths only: isolation, DLQ)."""
-            record = by_position[position]
+            record = record_at(position)
             fields: dict[str, Any] = {
                 "partition": record.partition,
                 "offset": record.offset,

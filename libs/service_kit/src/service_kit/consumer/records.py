@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias, TypeVar
 
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 E = TypeVar("E")
 
@@ -60,6 +60,7 @@ class PolledBatch(Generic[E]):
 
     generation: int
     polled_at: float
+    partitions: frozenset[TopicPartition]  # those `records` were read from
     records: list[Record]
     events: list[ConsumedEvent[E]]
     undecodable: list[tuple[Record, str]]

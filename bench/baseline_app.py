@@ -29,6 +29,7 @@ from publisher.auth import author_for_token, bearer_token
 from publisher.models import BlogDraft
 from service_kit.logs import configure_logging
 from service_kit.migrations import apply_migrations
+from service_kit.serving import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,11 @@ def create_app(settings: BaselineSettings) -> FastAPI:
 def main() -> None:
     settings = BaselineSettings()  # from the environment
     configure_logging(settings.log_level)
+    app = create_app(settings)
+    # The services' collector settings too: the comparison is of designs, not of GC settings.
+    tune_gc()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",

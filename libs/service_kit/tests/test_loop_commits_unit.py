@@ -166,3 +166,47 @@ async def test_a_revoke_waits_for_the_commit_in_flight(kafka: ScriptedConsumer) 
     assert kafka.answered == [1]
     await consumer.stop()
     await run
+
+
+class PartlyRevokedConsumer(ScriptedConsumer):
+    """One poll reads partitions 0 and 1; by the time the batch is handled, only partition 0 is
+    still assigned (a rebalance in between). Commits are answered at once."""
+
+    def __init__(self) -> None:
+        super().__init__(batches=0)
+        self.committed: list[dict[TopicPartition, OffsetAndMetadata]] = []
+        self._polled = False
+
+    async def getmany(
+        self, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        if self._polled:
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        self._polled = True
+        key, value = as_record(BlogHistory().publish())
+        moved = ConsumerRecord(TOPIC, 1, 7, 0, 0, key, value, None, len(key), len(value), [])
+        return {TP: [record(3)], TopicPartition(TOPIC, 1): [moved]}
+
+    async def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        self.committed.append(offsets)
+
+
+async def test_records_of_a_partition_no_longer_owned_are_neither_handled_nor_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scripted = PartlyRevokedConsumer()
+    monkeypatch.setattr(loop_module, "AIOKafkaConsumer", lambda **_: scripted)
+    monkeypatch.setattr(loop_module, "DeadLetterWriter", NoDeadLetters)
+    handled: list[tuple[int, int]] = []
+
+    async def handler(events: Sequence[ConsumedEvent[Any]]) -> None:
+        handled.extend((e.partition, e.offset) for e in events)
+
+    consumer = consumer_with(handler)
+    run = asyncio.create_task(consumer.run())
+    await until(lambda: bool(scripted.committed), "the batch's commit")
+    await consumer.stop()
+    await run
+    assert handled == [(0, 3)]
+    assert scripted.committed[0] == {TP: OffsetAndMetadata(4, "")}

@@ -25,7 +25,7 @@ from service_kit import kafka_clients
 from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
 from service_kit.redrive import redrive_command
-from service_kit.serving import run_http_service
+from service_kit.serving import run_http_service, tune_gc
 from service_kit.topics import default_topics_file, topics_command
 from service_kit.tracing import configure_tracing
 
@@ -85,6 +85,7 @@ def main(
     if args.command == "redrive":
         return redrive_command(rest, settings, "python -m counter")
     if args.command == "rebuild":
+        tune_gc()  # a long, allocation-heavy run, like the service's
         return main_rebuild(settings, rollback=args.rollback, prune=args.prune, fresh=args.fresh)
     if args.command == "verify":
         return main_verify(settings, args.settle_timeout)

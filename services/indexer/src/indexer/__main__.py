@@ -27,7 +27,7 @@ from service_kit import kafka_clients
 from service_kit.consumer import BatchHandler
 from service_kit.logs import configure_logging
 from service_kit.redrive import redrive_command
-from service_kit.serving import run_http_service
+from service_kit.serving import run_http_service, tune_gc
 from service_kit.topics import default_topics_file, topics_command
 from service_kit.tracing import configure_tracing
 
@@ -91,6 +91,7 @@ def main(
         )
         parser.add_argument("--batch", type=int, default=2000, help="records per bulk")
         args = parser.parse_args(argv[1:])
+        tune_gc()  # a long, allocation-heavy run, like the service's
         return main_rebuild(
             settings,
             rollback=args.rollback,

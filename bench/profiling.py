@@ -27,6 +27,13 @@ from bench.common import RESULTS
 
 PROFILES = RESULTS / "profiles"
 SAMPLE_RATE_HZ = 200
+_native_frames = False
+
+
+def sample_native_frames() -> None:
+    """Profiles from now on include native frames (`--profile-native`)."""
+    global _native_frames
+    _native_frames = True
 
 
 def py_spy() -> str | None:
@@ -97,9 +104,11 @@ async def sampled(
         return
     PROFILES.mkdir(parents=True, exist_ok=True)
     raw = PROFILES / f"{label}.txt"
+    # Native frames (C extensions, the interpreter, libc) need py-spy to pause the process for
+    # each sample; without them it never pauses it, and C time is charged to the Python caller.
+    pausing = ["--native"] if _native_frames else ["--nonblocking"]
     recorder = await asyncio.create_subprocess_exec(
-        binary, "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE_HZ),
-        "--nonblocking",  # never pause the measured process
+        binary, "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE_HZ), *pausing,
         "--format", "raw", "--output", str(raw),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import profiling
 from bench.common import RESULTS, StackAddresses, Workspace, create_authors, end_offsets, rss_mb
 from bench.drains import (
     counter_total,
@@ -665,6 +666,11 @@ def main() -> None:
         help="sample the services with py-spy (bench/results/profiles/)",
     )
     parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="--profile with native frames (C extensions, gc, syscalls); pauses each sample",
+    )
+    parser.add_argument(
         "--max-batch", type=int, help="consumer batch of the services and the references"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
@@ -673,7 +679,9 @@ def main() -> None:
     size = SIZES[args.size]
     if args.max_batch:
         size = replace(size, max_batch=args.max_batch)
-    results = asyncio.run(measure(args.size, size, runs, args.profile))
+    if args.profile_native:
+        profiling.sample_native_frames()
+    results = asyncio.run(measure(args.size, size, runs, args.profile or args.profile_native))
     rows = build_rows(results)
     results["table"] = [{**asdict(row), "ratio": row.ratio} for row in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)

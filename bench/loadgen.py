@@ -48,7 +48,7 @@ class LoadResult:
 
 
 async def post_blogs(
-    url: str,
+    urls: str | list[str],
     tokens: list[str],
     *,
     concurrency: int,
@@ -56,7 +56,9 @@ async def post_blogs(
     warmup_s: float,
     expect_status: int,
 ) -> LoadResult:
-    """POST {url}/blogs closed-loop; the answers that arrive inside the measured window count."""
+    """POST {url}/blogs closed-loop; the answers that arrive inside the measured window count.
+    With several URLs (processes of one app), client n posts to URL n modulo their number."""
+    targets = [urls] if isinstance(urls, str) else urls
     bodies = [
         json.dumps({"title": f"Bench post {n}", "body": BODY, "tags": ["bench"]}).encode()
         for n in range(64)
@@ -74,7 +76,7 @@ async def post_blogs(
         connector=connector, timeout=aiohttp.ClientTimeout(total=30)
     ) as session:
 
-        async def client() -> None:
+        async def client(url: str) -> None:
             nonlocal ok, errors, completed
             while (sent := time.monotonic()) < window_end:
                 n = next(counter)
@@ -97,7 +99,7 @@ async def post_blogs(
                     else:
                         errors += 1
 
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        await asyncio.gather(*(client(targets[c % len(targets)]) for c in range(concurrency)))
     return LoadResult(concurrency, duration_s, ok, errors, summary(latencies), completed)
 
 

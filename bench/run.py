@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import math
@@ -67,6 +68,9 @@ class Size:
     slow_s: float = 10.0
     # The services' default batch; the references read and write in batches of the same size.
     max_batch: int = 500
+    # Run 1: processes of each app (the same on both sides), each client bound to one of them.
+    # The publisher's replicas elect one relay leader, as when deployed.
+    replicas: int = 1
 
 
 SIZES = {
@@ -127,41 +131,69 @@ async def run_post(stack: StackAddresses, size: Size, profile: bool) -> dict[str
     results: dict[str, list[dict[str, Any]]] = {"publisher": [], "baseline": []}
     for name, expect in (("publisher", 202), ("baseline", 201)):
         async with Workspace(stack) as ws:
-            app = ws.publisher() if name == "publisher" else ws.baseline()
-            await app.start()
+            apps = [
+                ws.publisher() if name == "publisher" else ws.baseline()
+                for _ in range(size.replicas)
+            ]
+            for app in apps:  # one at a time: the first one migrates the fresh database
+                await app.start()
             tokens = [a.token for a in await create_authors(ws.database_url, size.load_authors)]
             for concurrency in size.concurrency:
-                log(f"run 1: {name} POST /blogs, {concurrency} concurrent, {size.load_s:g}s")
+                log(
+                    f"run 1: {name} POST /blogs, {concurrency} concurrent, {size.load_s:g}s"
+                    + (f", {size.replicas} processes" if size.replicas > 1 else "")
+                )
                 top = concurrency == max(size.concurrency)
-                async with sampled(
-                    app.pid,
-                    f"{name}-post-c{concurrency}",
-                    profile and top,
-                    ("publish_blog", "create", "author_for_token", "relay"),
-                ) as prof:
+                async with contextlib.AsyncExitStack() as sampling:
+                    reports = [
+                        await sampling.enter_async_context(
+                            sampled(
+                                app.pid,
+                                f"{name}-post-c{concurrency}" + (f"-{n}" if n else ""),
+                                profile and top,
+                                ("publish_blog", "create", "author_for_token", "relay"),
+                            )
+                        )
+                        for n, app in enumerate(apps)
+                    ]
+                    busy_before = machine_busy_s()
                     load = await post_blogs(
-                        app.url,
+                        [app.url for app in apps],
                         tokens,
                         concurrency=concurrency,
                         duration_s=size.load_s,
                         warmup_s=size.warmup_s,
                         expect_status=expect,
                     )
-                cpu_s = prof.get("cpu_s")
+                machine_busy = machine_busy_s() - busy_before
+                # The CPU of every process of the app, over the accepted POSTs.
+                cpu_s = [r.get("cpu_s") for r in reports]
+                shares = [r.get("cpu_share") for r in reports]
+                total_cpu_s = sum(c for c in cpu_s if isinstance(c, float))
                 per_post = (
-                    round(float(cpu_s) * 1000 / load.completed, 3)
-                    if isinstance(cpu_s, float) and load.completed
+                    round(total_cpu_s * 1000 / load.completed, 3)
+                    if all(isinstance(c, float) for c in cpu_s) and load.completed
                     else None
                 )
                 results[name].append(
                     {
                         **load.as_dict(),
-                        "rss_mb": rss_mb(app.pid),
+                        "rss_mb": rss_mb(apps[0].pid),
                         "cpu_ms_per_post": per_post,
-                        **prof,
+                        # Every process of the machine: the app, its database, Kafka or
+                        # Elasticsearch, the load generator.
+                        "machine_cpu_ms_per_post": (
+                            round(machine_busy * 1000 / load.completed, 3)
+                            if load.completed
+                            else None
+                        ),
+                        **reports[0],  # the profile summary (first process only)
+                        "cpu_s": round(total_cpu_s, 3),
+                        "cpu_share": round(sum(s for s in shares if isinstance(s, float)), 2),
                     }
                 )
-            await app.terminate()
+            for app in apps:
+                await app.terminate()
     return results
 
 
@@ -389,6 +421,17 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                     ours.get("cpu_ms_per_post") is not None and ours["cpu_ms_per_post"] <= 0.5,
                 )
             )
+            if ours.get("machine_cpu_ms_per_post") is not None:
+                rows.append(
+                    Row(
+                        f"  machine CPU per accepted POST (all processes), c={c}",
+                        ours["machine_cpu_ms_per_post"],
+                        ref.get("machine_cpu_ms_per_post"),
+                        "ms",
+                        "-",
+                        None,
+                    )
+                )
             p99, ref_p99 = ours["latency"]["p99_ms"], ref["latency"]["p99_ms"]
             rows.append(
                 Row(
@@ -614,6 +657,14 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores; /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
@@ -671,6 +722,12 @@ def main() -> None:
         help="--profile with native frames (C extensions, gc, syscalls); pauses each sample",
     )
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="run 1: processes of each app, the same on both sides (default 1)",
+    )
+    parser.add_argument(
         "--max-batch", type=int, help="consumer batch of the services and the references"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
@@ -679,6 +736,8 @@ def main() -> None:
     size = SIZES[args.size]
     if args.max_batch:
         size = replace(size, max_batch=args.max_batch)
+    if args.replicas > 1:
+        size = replace(size, replicas=args.replicas)
     if args.profile_native:
         profiling.sample_native_frames()
     results = asyncio.run(measure(args.size, size, runs, args.profile or args.profile_native))

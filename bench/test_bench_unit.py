@@ -8,6 +8,7 @@ import itertools
 import json
 import time
 
+from bench import run
 from bench.common import percentile
 from bench.drains import bulk_actions, parse_consumer_perf
 from bench.events import Backlog, StreamStats, generate
@@ -107,3 +108,11 @@ async def test_slow_proxy_delays_requests_and_forwards_every_byte() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_machine_busy_seconds_grow_with_work() -> None:
+    before = run.machine_busy_s()
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # 50 ms of CPU: at least one clock tick of 10 ms
+        pass
+    assert run.machine_busy_s() >= before + 0.01

@@ -128,6 +128,31 @@ def test_free_port_can_be_bound() -> None:
         sock.bind(("127.0.0.1", port))
 
 
+def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A kernel that offers the same port again (it may, once the probe socket is closed).
+    offered = iter([41001, 41001, 41001, 41002])
+
+    class ProbeSocket:
+        def __init__(self, *args: object) -> None:
+            self.port = next(offered)
+
+        def __enter__(self) -> ProbeSocket:
+            return self
+
+        def __exit__(self, *args: object) -> None:
+            pass
+
+        def bind(self, address: tuple[str, int]) -> None:
+            pass
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(socket, "socket", ProbeSocket)
+    monkeypatch.setattr(processes_module, "_handed_out", set())
+    assert [free_port(), free_port()] == [41001, 41002]
+
+
 async def test_wait_until_returns_the_truthy_value() -> None:
     polls = 0
 

@@ -23,12 +23,22 @@ artifacts_dir: Path = Path.cwd() / "test-artifacts"
 _log_numbers: defaultdict[str, Iterator[int]] = defaultdict(lambda: itertools.count(1))
 
 
+# Ports handed out by this process. The kernel may return a port again once its probe socket is
+# closed: two services given the same port, the second fails to bind while the first answers
+# its health check for it (seen once in the bench: an indexer "started" that had exited).
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now, never one this process has
+    handed out before."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class ServiceProcess:

@@ -172,26 +172,20 @@ async def run_post(stack: StackAddresses, size: Size, profile: bool) -> dict[str
                 cpu_s = [r.get("cpu_s") for r in reports]
                 shares = [r.get("cpu_share") for r in reports]
                 total_cpu_s = sum(c for c in cpu_s if isinstance(c, float))
-                per_post = (
-                    round(total_cpu_s * 1000 / load.completed, 3)
-                    if all(isinstance(c, float) for c in cpu_s) and load.completed
-                    else None
-                )
+
                 results[name].append(
                     {
                         **load.as_dict(),
                         "rss_mb": rss_mb(apps[0].pid),
-                        "cpu_ms_per_post": per_post,
-                        # Every process of the machine: the app, its database, Kafka or
-                        # Elasticsearch, the load generator.
-                        "machine_cpu_ms_per_post": (
-                            round(machine_busy * 1000 / load.completed, 3)
-                            if load.completed
+                        "cpu_ms_per_post": (
+                            ms_per_post(total_cpu_s, load.completed)
+                            if all(isinstance(c, float) for c in cpu_s)
                             else None
                         ),
-                        "loadgen_cpu_ms_per_post": (
-                            round(loadgen_s * 1000 / load.completed, 3) if load.completed else None
-                        ),
+                        # Every process of the machine: the app, its database, Kafka or
+                        # Elasticsearch, the load generator.
+                        "machine_cpu_ms_per_post": ms_per_post(machine_busy, load.completed),
+                        "loadgen_cpu_ms_per_post": ms_per_post(loadgen_s, load.completed),
                         **reports[0],  # the profile summary (first process only)
                         "cpu_s": round(total_cpu_s, 3),
                         "cpu_share": round(sum(s for s in shares if isinstance(s, float)), 2),
@@ -671,6 +665,10 @@ def render(rows: list[Row]) -> str:
     ]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def ms_per_post(cpu_s: float, posts: int) -> float | None:
+    return round(cpu_s * 1000 / posts, 3) if posts else None
 
 
 def machine_busy_s() -> float:

@@ -302,13 +302,14 @@ class BatchConsumer(Generic[E]):
             offsets = commit_offsets(records)
         else:
             # What is settled is not redone by the next owner: no second dead letter.
-            offsets = settled_prefix_offsets(records, settlement.settled)
+            settled = settlement.settled  # built on each read: once here
+            offsets = settled_prefix_offsets(records, settled)
             log.warning(
                 "group %s: abandoning a failing batch (%s); %d of %d records settled, the rest "
                 "will be delivered again",
                 group,
                 "stopping" if self._stopping.is_set() else "partitions revoked",
-                len(settlement.settled),
+                len(settled),
                 len(records),
             )
             if not offsets:

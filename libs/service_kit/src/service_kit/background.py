@@ -142,8 +142,9 @@ class BackgroundConsumer(Generic[E]):
 
     async def stop(self, timeout_s: float) -> None:
         """Finish and commit the batch in hand, leave the group; if that hangs (a stuck handler),
-        cancel: the uncommitted batch is delivered again and its effect is idempotent. While
-        still waiting for topics there is nothing to finish: the wait is cancelled."""
+        cancel: the uncommitted batch is delivered again and its effect is idempotent. Before
+        the poll loop (waiting for topics, retrying or still in the clients' start) there is
+        nothing to finish: that is cancelled, and what the start opened is closed."""
         self._stop_requested = True
         if self.task.done():
             # It ended by itself (see `died`; already logged): close whatever it left open.
@@ -152,11 +153,14 @@ class BackgroundConsumer(Generic[E]):
             except Exception as exc:
                 log.warning("closing the dead consumer failed: %r", exc)
             return
-        if self.waiting_for is not None and not self.task.done():
+        if not self.consumer.loop_started:
+            # Not the loop's own stop: a start cut short closes its clients itself, and a start
+            # that finished is closed by consumer.stop() (it would otherwise stay in the group
+            # until its session times out).
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
-            await self.consumer.stop()
+            await asyncio.wait_for(self.consumer.stop(), timeout_s)
             return
         try:
             await asyncio.wait_for(self.consumer.stop(), timeout_s)
@@ -166,6 +170,14 @@ class BackgroundConsumer(Generic[E]):
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is None or current.cancelling():
+                raise  # this shutdown itself is being cancelled
+            # The consumer task ended cancelled though nobody here cancelled it. It has closed
+            # its clients (`_stopped` is only set then); whatever it had not committed is
+            # delivered again, and its effect is idempotent.
+            log.warning("the consumer task was cancelled while it stopped; shutdown goes on")
         except Exception:
             log.exception("consumer ended with an error")
 

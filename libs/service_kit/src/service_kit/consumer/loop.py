@@ -82,6 +82,7 @@ class BatchConsumer(Generic[E]):
         self._stopped = asyncio.Event()
         self._closing = False
         self._running = False
+        self._loop_started = False
         # Held around process + commit of one batch; the rebalance listener takes it too.
         self._batch_lock = asyncio.Lock()
         self._revoke_pending = False
@@ -96,6 +97,12 @@ class BatchConsumer(Generic[E]):
         return (
             self._consumer is not None and not self._stopped.is_set() and not self._settler.failing
         )
+
+    @property
+    def loop_started(self) -> bool:
+        """run() reached the poll loop (it may be finishing it): stop() lets it finish the batch
+        in hand and close the clients itself."""
+        return self._loop_started
 
     @property
     def assignment(self) -> frozenset[TopicPartition]:
@@ -145,6 +152,7 @@ class BatchConsumer(Generic[E]):
         assert self._consumer is not None
         bind_log_fields(group=self.config.group_id)  # every line this task logs names its group
         self._running = True
+        self._loop_started = True
         ahead: asyncio.Task[PolledBatch[E] | None] | None = None
         try:
             while not self._stopping.is_set():
@@ -202,12 +210,15 @@ class BatchConsumer(Generic[E]):
             return
         self._closing = True
         try:
-            if self._consumer is not None:
-                with _suppress_kafka_errors("consumer stop"):
-                    await self._consumer.stop()  # leaves the group: partitions move at once
-            if self._dead_letters is not None:
-                with _suppress_kafka_errors("DLQ producer stop"):
-                    await self._dead_letters.stop()
+            try:
+                if self._consumer is not None:
+                    with _suppress_kafka_errors("consumer stop"):
+                        await self._consumer.stop()  # leaves the group: partitions move at once
+            finally:
+                # Even when this task is cancelled meanwhile: no producer left open.
+                if self._dead_letters is not None:
+                    with _suppress_kafka_errors("DLQ producer stop"):
+                        await self._dead_letters.stop()
             log.info("consumer group %s stopped", self.config.group_id)
         finally:
             # Only now is stop() done: the group was left and the clients are closed.
@@ -370,8 +381,18 @@ class BatchConsumer(Generic[E]):
 
 @contextlib.contextmanager
 def _suppress_kafka_errors(what: str) -> Iterator[None]:
-    """Log and swallow Kafka errors during shutdown (the broker may already be gone)."""
+    """Log and swallow Kafka errors during shutdown (the broker may already be gone).
+
+    Also a CancelledError that is not a cancellation of this task: aiokafka's close() awaits its
+    own background tasks, and when one of them was cancelled that reaches the caller
+    (aio-libs/aiokafka#647); the rest of the shutdown (the dead-letter producer, `_stopped`)
+    must still run. A cancellation of this task itself goes on."""
     try:
         yield
     except (KafkaError, OSError) as exc:
         log.warning("%s failed: %s", what, exc)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        log.warning("%s: one of aiokafka's own tasks was cancelled; closing goes on", what)

@@ -54,7 +54,11 @@ async def drain_service(
         started = time.monotonic()
         await service.start()
         needles = COUNTER_FRAMES if name == "counter" else INDEXER_FRAMES
-        async with sampled(service.pid, f"{name}-drain", profile, needles) as profiled:
+        # CPU from the spawn, like the bare loop's: with a small backlog most of it is consumed
+        # before the service answers its health check.
+        async with sampled(
+            service.pid, f"{name}-drain", profile, needles, spawned_at=started
+        ) as profiled:
             drain_s = await lag.wait_drained(
                 ws.group(name), ws.topic, ends, started=started, timeout_s=timeout_s
             )

@@ -79,8 +79,17 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 @contextlib.contextmanager
-def cpu_share(pid: int | None, report: dict[str, object]) -> Iterator[None]:
-    before, started = (cpu_seconds(pid) if pid else None), time.monotonic()
+def cpu_share(
+    pid: int | None, report: dict[str, object], *, spawned_at: float | None = None
+) -> Iterator[None]:
+    """CPU seconds `pid` used during the block, and its share of one core. `spawned_at` (the
+    monotonic time of the spawn) counts from the process's start instead: a service that starts
+    consuming before it answers its health check has done part of the work by then."""
+    before: float | None
+    if spawned_at is not None:
+        before, started = 0.0, spawned_at
+    else:
+        before, started = (cpu_seconds(pid) if pid else None), time.monotonic()
     try:
         yield
     finally:
@@ -93,13 +102,19 @@ def cpu_share(pid: int | None, report: dict[str, object]) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def sampled(
-    pid: int | None, label: str, enabled: bool, needles: tuple[str, ...] = ()
+    pid: int | None,
+    label: str,
+    enabled: bool,
+    needles: tuple[str, ...] = (),
+    *,
+    spawned_at: float | None = None,
 ) -> AsyncIterator[dict[str, object]]:
-    """Measure (and, if enabled, profile) `pid` during the block; the summary lands in the dict."""
+    """Measure (and, if enabled, profile) `pid` during the block; the summary lands in the dict.
+    CPU is counted from `spawned_at` when given (see `cpu_share`)."""
     report: dict[str, object] = {}
     binary = py_spy()
     if not enabled or pid is None or binary is None:
-        with cpu_share(pid, report):
+        with cpu_share(pid, report, spawned_at=spawned_at):
             yield report
         return
     PROFILES.mkdir(parents=True, exist_ok=True)
@@ -113,7 +128,7 @@ async def sampled(
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        with cpu_share(pid, report):
+        with cpu_share(pid, report, spawned_at=spawned_at):
             yield report
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import time
 
 from bench import run
 from bench.common import percentile
 from bench.drains import bulk_actions, parse_consumer_perf
 from bench.events import Backlog, StreamStats, generate
-from bench.profiling import top_self
+from bench.profiling import cpu_seconds, cpu_share, top_self
 from bench.slow_proxy import SlowProxy
 from blog_events import BlogDeleted, BlogPublished, BlogUpdated, decode_event
 
@@ -116,3 +117,17 @@ def test_machine_busy_seconds_grow_with_work() -> None:
     while time.process_time() < deadline:  # 50 ms of CPU: at least one clock tick of 10 ms
         pass
     assert run.machine_busy_s() >= before + 0.01
+
+
+def test_cpu_share_counts_from_the_spawn_when_told() -> None:
+    """A block that itself burns nothing still reports the CPU the process used before it, when
+    counted from the spawn (the drain's service consumed part of the backlog during start)."""
+    pid = os.getpid()
+    already = cpu_seconds(pid)
+    assert already is not None
+    assert already > 0
+    from_spawn: dict[str, object] = {}
+    with cpu_share(pid, from_spawn, spawned_at=time.monotonic() - 1):
+        pass
+    assert isinstance(from_spawn["cpu_s"], float)
+    assert from_spawn["cpu_s"] >= round(already, 3)

@@ -172,7 +172,6 @@ async def run_post(stack: StackAddresses, size: Size, profile: bool) -> dict[str
                 cpu_s = [r.get("cpu_s") for r in reports]
                 shares = [r.get("cpu_share") for r in reports]
                 total_cpu_s = sum(c for c in cpu_s if isinstance(c, float))
-
                 results[name].append(
                     {
                         **load.as_dict(),

@@ -146,30 +146,23 @@ class BackgroundConsumer(Generic[E]):
         the poll loop (waiting for topics, retrying or still in the clients' start) there is
         nothing to finish: that is cancelled, and what the start opened is closed."""
         self._stop_requested = True
-        if self.task.done():
-            # It ended by itself (see `died`; already logged): close whatever it left open.
+        if self.task.done() or not self.consumer.loop_started:
+            # It ended by itself (see `died`; already logged), or it is not in the poll loop yet:
+            # nothing to finish. A start cut short closes its clients itself; a start that
+            # finished is closed by consumer.stop() (else it stays in the group until its
+            # session times out).
+            await self._cancel_task(timeout_s)
             try:
                 await asyncio.wait_for(self.consumer.stop(), timeout_s)
             except Exception as exc:
-                log.warning("closing the dead consumer failed: %r", exc)
-            return
-        if not self.consumer.loop_started:
-            # Not the loop's own stop: a start cut short closes its clients itself, and a start
-            # that finished is closed by consumer.stop() (it would otherwise stay in the group
-            # until its session times out).
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
-            await asyncio.wait_for(self.consumer.stop(), timeout_s)
+                log.warning("closing the consumer failed: %r", exc)
             return
         try:
             await asyncio.wait_for(self.consumer.stop(), timeout_s)
             await asyncio.wait_for(self.task, timeout_s)
         except TimeoutError:
             log.error("consumer did not stop within %.0fs; cancelling it", timeout_s)
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+            await self._cancel_task(timeout_s)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is None or current.cancelling():
@@ -180,6 +173,14 @@ class BackgroundConsumer(Generic[E]):
             log.warning("the consumer task was cancelled while it stopped; shutdown goes on")
         except Exception:
             log.exception("consumer ended with an error")
+
+    async def _cancel_task(self, timeout_s: float) -> None:
+        if self.task.done():
+            return  # what it ended with is `died`'s (a BaseException from a handler included)
+        self.task.cancel()
+        # Bounded too: the cancelled task still closes its clients (a broker may be gone).
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(self.task, timeout_s)
 
 
 @contextlib.asynccontextmanager

@@ -81,7 +81,6 @@ class BatchConsumer(Generic[E]):
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._closing = False
-        self._running = False
         self._loop_started = False
         # Held around process + commit of one batch; the rebalance listener takes it too.
         self._batch_lock = asyncio.Lock()
@@ -151,7 +150,6 @@ class BatchConsumer(Generic[E]):
         await self.start()
         assert self._consumer is not None
         bind_log_fields(group=self.config.group_id)  # every line this task logs names its group
-        self._running = True
         self._loop_started = True
         ahead: asyncio.Task[PolledBatch[E] | None] | None = None
         try:
@@ -167,24 +165,26 @@ class BatchConsumer(Generic[E]):
                 async with self._batch_lock:
                     await self._process_batch(polled)
         finally:
-            self._running = False
-            if ahead is not None:
-                # Its records are not handled: they are delivered again from the last commit.
-                ahead.cancel()
-                try:
-                    await ahead
-                except asyncio.CancelledError:
-                    pass
-                except Exception as exc:
-                    log.warning("group %s: poll ahead failed: %r", self.config.group_id, exc)
-            await self._commit_answered()
-            await self._close()
+            try:
+                if ahead is not None:
+                    # Its records are not handled: they are delivered again from the last commit.
+                    ahead.cancel()
+                    try:
+                        await ahead
+                    except asyncio.CancelledError:
+                        pass
+                    except Exception as exc:
+                        log.warning("group %s: poll ahead failed: %r", self.config.group_id, exc)
+                await self._commit_answered()
+            finally:
+                # Also when this task is cancelled meanwhile: stop() waits for `_stopped`.
+                await self._close()
 
     async def stop(self) -> None:
         """Finish and commit the batch in hand, then leave the group and close the clients."""
         self._stopping.set()
-        if self._running:
-            await self._stopped.wait()
+        if self._loop_started:
+            await self._stopped.wait()  # the loop closes the clients itself, once it is out
         else:
             await self._close()
 
